@@ -7,6 +7,7 @@ environment for settings.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -135,11 +136,12 @@ _ENV_OVERRIDES = {
 
 
 def load_config(path: str | os.PathLike | None = None, overrides: dict[str, Any] | None = None,
-                environ: dict[str, str] | None = None) -> Config:
-    """Build the configuration: defaults, then a TOML file, then ``RECSYS_*`` variables, then
-    explicit ``overrides`` (nested dicts, as in the TOML file)."""
-    values: dict[str, Any] = {}
-    if path is None and Path("recsys.toml").is_file():
+                environ: dict[str, str] | None = None, base: dict[str, Any] | None = None) -> Config:
+    """Build the configuration: defaults, then ``base`` values or a TOML file (``path``, or
+    ``./recsys.toml`` if present), then ``RECSYS_*`` variables, then explicit ``overrides``
+    (nested dicts, as in the TOML file)."""
+    values: dict[str, Any] = json.loads(json.dumps(base)) if base else {}
+    if path is None and base is None and Path("recsys.toml").is_file():
         path = "recsys.toml"
     if path is not None:
         with open(path, "rb") as handle:

@@ -1,0 +1,60 @@
+"""Export the ensemble as a Triton model repository:
+
+    model_repository/
+      recommender/
+        config.pbtxt          named, typed inputs and outputs (Python backend)
+        1/
+          model.py            ensemble/triton_model.py
+          ensemble/           pickled graph + artifacts (workflows, SavedModels, serving.json)
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from merlin.dag import postorder_iter_nodes
+
+from ensemble.graph import build_ensemble
+from operators.settings import write_serving_config
+from recsys.config import Config
+from training.pipeline import Artifacts
+
+MODEL_VERSION = 1
+
+_CONFIG_TEMPLATE = """name: "{name}"
+backend: "python"
+max_batch_size: 0
+input [
+  {{ name: "user_id" data_type: TYPE_INT64 dims: [ -1 ] }}
+]
+output [
+  {{ name: "item_ids" data_type: TYPE_INT64 dims: [ -1, {k} ] }},
+  {{ name: "scores" data_type: TYPE_FP32 dims: [ -1, {k} ] }},
+  {{ name: "fallback" data_type: TYPE_BOOL dims: [ -1 ] }}
+]
+instance_group [
+  {{ kind: KIND_CPU count: 1 }}
+]
+"""
+
+
+def export_model_repository(config: Config, artifacts: Artifacts) -> Path:
+    """Build the graph from the artifacts and write the model repository; returns its path."""
+    repository = config.model_repository
+    model_dir = repository / config.serving.model_name
+    if model_dir.exists():
+        shutil.rmtree(model_dir)
+    ensemble_dir = model_dir / str(MODEL_VERSION) / "ensemble"
+    ensemble_dir.mkdir(parents=True)
+
+    ensemble = build_ensemble(config, artifacts)
+    for node in postorder_iter_nodes(ensemble.graph.output_node, flatten_subgraphs=True):
+        node.op.save_artifacts(str(ensemble_dir))
+    ensemble.save(str(ensemble_dir))
+    write_serving_config(config, ensemble_dir)
+
+    shutil.copyfile(Path(__file__).with_name("triton_model.py"),
+                    model_dir / str(MODEL_VERSION) / "model.py")
+    (model_dir / "config.pbtxt").write_text(
+        _CONFIG_TEMPLATE.format(name=config.serving.model_name, k=config.serving.top_k))
+    return repository

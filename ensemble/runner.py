@@ -1,0 +1,64 @@
+"""Run an exported ensemble in-process: what the Triton model does per request, also used by
+jobs and tests that need exactly the served cascade without a server."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from merlin.dag import postorder_iter_nodes
+from merlin.dag.runtime import Runtime
+from merlin.systems.dag import Ensemble
+from merlin.table import TensorTable
+
+from ensemble.executor import ServingExecutor
+
+OUTPUTS = ("item_ids", "scores", "fallback")
+
+
+class BadRequest(ValueError):
+    """The request itself is wrong (the caller can fix it)."""
+
+
+class Recommender:
+    """The loaded cascade of one exported ensemble directory."""
+
+    def __init__(self, ensemble: Ensemble, max_batch_users: int):
+        self.ensemble = ensemble
+        self.max_batch_users = max_batch_users
+        self.executor = ServingExecutor()
+        self.runtime = Runtime(executor=self.executor)
+
+    @classmethod
+    def load(cls, ensemble_dir: str | Path) -> "Recommender":
+        """Load the pickled graph and every operator's artifacts from ``ensemble_dir``."""
+        from operators.settings import serving_config
+
+        ensemble_dir = str(ensemble_dir)
+        ensemble = Ensemble.load(ensemble_dir)
+        for node in postorder_iter_nodes(ensemble.graph.output_node, flatten_subgraphs=True):
+            node.op.load_artifacts(ensemble_dir)
+        return cls(ensemble, serving_config(ensemble_dir).serving.max_batch_users)
+
+    def validate(self, user_ids) -> np.ndarray:
+        """Check the request shape and dtype; raise :class:`BadRequest` with a clear message."""
+        array = np.asarray(user_ids)
+        if array.dtype.kind not in "iu":
+            raise BadRequest(f"user_id must be INT64, got {array.dtype}")
+        if array.ndim != 1:
+            raise BadRequest(f"user_id must be a 1-D batch of ids, got shape {list(array.shape)}")
+        if array.size == 0:
+            raise BadRequest("user_id is empty: send at least one user id")
+        if array.size > self.max_batch_users:
+            raise BadRequest(f"user_id has {array.size} ids; at most {self.max_batch_users} per request")
+        return array.astype(np.int64)
+
+    def recommend(self, user_ids) -> dict[str, np.ndarray]:
+        """Top-k raw item ids and scores (sorted) for each user id, and the fallback flags."""
+        request = TensorTable({"user_id": self.validate(user_ids)})
+        result = self.ensemble.transform(request, runtime=self.runtime)
+        return {name: np.asarray(result[name].values) for name in OUTPUTS}
+
+    @property
+    def last_timings(self) -> dict[str, float]:
+        """Seconds spent in each operator during the last :meth:`recommend` call."""
+        return dict(self.executor.timings)

@@ -1,0 +1,77 @@
+"""The ``recommender`` model for Triton's Python backend.
+
+One request = a batch of raw user ids; the whole cascade runs in this process
+(:class:`ensemble.runner.Recommender`). Mistakes of the caller come back as a clear error
+for that request; failures of a dependency (Milvus, Feast) come back as an error naming the
+dependency; the model keeps serving in both cases. Per-stage time is exported as Triton
+custom metrics (``recsys_stage_seconds_total{stage=...}``) on the metrics port.
+"""
+import logging
+import traceback
+from pathlib import Path
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+LOG = logging.getLogger("recommender")
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        from ensemble.runner import Recommender
+
+        model_dir = Path(args["model_repository"])
+        if model_dir.suffix == ".py":  # some Triton versions pass the path of model.py
+            model_dir = model_dir.parent.parent
+        ensemble_dir = model_dir / str(args["model_version"]) / "ensemble"
+        self.recommender = Recommender.load(ensemble_dir)
+        self.stage_seconds = pb_utils.MetricFamily(
+            name="recsys_stage_seconds_total",
+            description="Cumulative seconds spent in each stage of the cascade",
+            kind=pb_utils.MetricFamily.COUNTER)
+        self.outcomes = pb_utils.MetricFamily(
+            name="recsys_requests_total", description="Requests by outcome",
+            kind=pb_utils.MetricFamily.COUNTER)
+        self._stage_metrics = {}
+        self._outcome_metrics = {o: self.outcomes.Metric(labels={"outcome": o})
+                                 for o in ("ok", "bad_request", "dependency_error", "fallback_users")}
+
+    def execute(self, requests):
+        return [self._answer(request) for request in requests]
+
+    def _answer(self, request):
+        from ensemble.runner import BadRequest
+        from operators.feast_lookup import FeatureStoreUnavailable
+        from operators.milvus import MilvusUnavailable
+
+        try:
+            user_ids = pb_utils.get_input_tensor_by_name(request, "user_id").as_numpy()
+            result = self.recommender.recommend(user_ids)
+        except BadRequest as exc:
+            self._outcome_metrics["bad_request"].increment(1)
+            return _error(f"bad request: {exc}")
+        except (MilvusUnavailable, FeatureStoreUnavailable) as exc:
+            self._outcome_metrics["dependency_error"].increment(1)
+            return _error(f"dependency unavailable: {exc}")
+        except Exception as exc:  # keep serving; the log has the traceback
+            LOG.error("recommender failed: %s", traceback.format_exc())
+            return _error(f"internal error: {type(exc).__name__}: {exc}")
+        self._record(result)
+        return pb_utils.InferenceResponse(output_tensors=[
+            pb_utils.Tensor("item_ids", result["item_ids"].astype(np.int64)),
+            pb_utils.Tensor("scores", result["scores"].astype(np.float32)),
+            pb_utils.Tensor("fallback", result["fallback"].astype(np.bool_)),
+        ])
+
+    def _record(self, result):
+        self._outcome_metrics["ok"].increment(1)
+        self._outcome_metrics["fallback_users"].increment(int(result["fallback"].sum()))
+        for stage, seconds in self.recommender.last_timings.items():
+            metric = self._stage_metrics.get(stage)
+            if metric is None:
+                metric = self._stage_metrics[stage] = self.stage_seconds.Metric(labels={"stage": stage})
+            metric.increment(seconds)
+
+
+def _error(message):
+    return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message))

@@ -1,0 +1,148 @@
+"""QueryMilvus: approximate nearest-neighbour retrieval of candidate items in Milvus, plus
+:func:`build_item_index`, the offline step that loads the item vectors into a collection.
+
+The collection's primary key is the raw catalogue item id, so retrieval never exposes an
+encoded id. Scores are inner products, exactly what the Two-Tower model was trained with.
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+from merlin.dag import BaseOperator, ColumnSelector, DataFormats
+from merlin.schema import ColumnSchema, Schema
+from merlin.table import TensorTable
+
+from operators.settings import serving_config
+from recsys.config import MilvusConfig
+
+LOG = logging.getLogger(__name__)
+ID_FIELD = "item_id"
+VECTOR_FIELD = "embedding"
+CATEGORY_FIELD = "category"
+METRIC = "IP"
+MISSING_ID = -1
+
+
+class MilvusUnavailable(RuntimeError):
+    """Milvus could not be reached or refused the request."""
+
+
+def connect(cfg: MilvusConfig, timeout_s: float | None = None):
+    """A ``MilvusClient`` for ``cfg.uri`` (and token), failing with a clear message."""
+    from pymilvus import MilvusClient
+
+    timeout = timeout_s or cfg.timeout_s
+    try:
+        return MilvusClient(uri=cfg.uri, token=cfg.token, timeout=timeout)
+    except Exception as exc:
+        raise MilvusUnavailable(f"cannot connect to Milvus at {cfg.uri} within {timeout:.0f}s: {exc}") from exc
+
+
+def search_params(cfg: MilvusConfig, limit: int) -> dict:
+    """Search parameters for the configured index, with HNSW's ``ef`` kept >= ``limit``."""
+    params = dict(cfg.search_params)
+    if cfg.index_type.upper() == "HNSW":
+        params["ef"] = max(int(params.get("ef", limit)), limit)
+    return {"metric_type": METRIC, "params": params}
+
+
+def build_item_index(cfg: MilvusConfig, item_ids: np.ndarray, vectors: np.ndarray,
+                     categories: np.ndarray | None = None) -> int:
+    """(Re)create the collection ``cfg.collection`` with the item vectors, inserted in chunks,
+    build the configured index with the IP metric and load it. Returns the row count."""
+    from pymilvus import DataType
+
+    client = connect(cfg, timeout_s=max(cfg.timeout_s, 60.0))
+    if client.has_collection(cfg.collection):
+        client.drop_collection(cfg.collection)
+    schema = client.create_schema(auto_id=False, enable_dynamic_field=False)
+    schema.add_field(ID_FIELD, DataType.INT64, is_primary=True)
+    schema.add_field(VECTOR_FIELD, DataType.FLOAT_VECTOR, dim=int(vectors.shape[1]))
+    schema.add_field(CATEGORY_FIELD, DataType.VARCHAR, max_length=64)
+    client.create_collection(cfg.collection, schema=schema)
+    if categories is None:
+        categories = np.full(len(item_ids), "", dtype=object)
+    for start in range(0, len(item_ids), cfg.insert_chunk_size):
+        stop = start + cfg.insert_chunk_size
+        rows = [{ID_FIELD: int(i), VECTOR_FIELD: v.tolist(), CATEGORY_FIELD: str(c)}
+                for i, v, c in zip(item_ids[start:stop], vectors[start:stop], categories[start:stop])]
+        client.insert(cfg.collection, rows)
+    client.flush(cfg.collection)
+    index_params = client.prepare_index_params()
+    index_params.add_index(field_name=VECTOR_FIELD, index_type=cfg.index_type, metric_type=METRIC,
+                           params=dict(cfg.index_params))
+    client.create_index(cfg.collection, index_params)
+    client.load_collection(cfg.collection)
+    count = int(client.get_collection_stats(cfg.collection)["row_count"])
+    client.close()
+    return count
+
+
+class QueryMilvus(BaseOperator):
+    """Search the item collection with each user's vector: ``[batch, dim]`` in,
+    ``candidate_ids`` (INT64) and ``candidate_scores`` (FP32), both ``[batch, top_k]``, out.
+
+    Rows with fewer than ``top_k`` hits are padded with id -1 and score -inf. The client is
+    opened at model start (never pickled) and re-opened after a failure, so serving recovers
+    by itself when Milvus comes back.
+    """
+
+    def __init__(self, top_k: int = 100, vector_column: str = "user_embedding"):
+        super().__init__()
+        self.top_k = int(top_k)
+        self.vector_column = vector_column
+        self._client = None
+        self._cfg: MilvusConfig | None = None
+
+    def load_artifacts(self, artifact_path: str | None = None) -> None:
+        self._cfg = serving_config(str(artifact_path or "")).milvus
+        try:
+            self._client = connect(self._cfg)
+        except MilvusUnavailable as exc:  # serve anyway; requests report it until Milvus is up
+            LOG.warning("%s", exc)
+            self._client = None
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k not in ("_client", "_cfg")}
+
+    def transform(self, col_selector: ColumnSelector, transformable: TensorTable) -> TensorTable:
+        if self._cfg is None:
+            self.load_artifacts()
+        vectors = np.asarray(transformable[self.vector_column].values, dtype=np.float32)
+        hits = self._search(vectors)
+        ids = np.full((len(vectors), self.top_k), MISSING_ID, dtype=np.int64)
+        scores = np.full((len(vectors), self.top_k), -np.inf, dtype=np.float32)
+        for row, row_hits in enumerate(hits):
+            n = min(len(row_hits), self.top_k)
+            ids[row, :n] = [hit["id"] for hit in row_hits[:n]]
+            scores[row, :n] = [hit["distance"] for hit in row_hits[:n]]
+        return TensorTable({"candidate_ids": ids, "candidate_scores": scores})
+
+    def _search(self, vectors: np.ndarray) -> list:
+        cfg = self._cfg
+        started = time.monotonic()
+        try:
+            if self._client is None:
+                self._client = connect(cfg)
+            return self._client.search(cfg.collection, data=vectors.tolist(), limit=self.top_k,
+                                       search_params=search_params(cfg, self.top_k),
+                                       timeout=cfg.timeout_s)
+        except MilvusUnavailable:
+            raise
+        except Exception as exc:
+            self._client = None  # reconnect on the next request
+            waited = time.monotonic() - started
+            raise MilvusUnavailable(f"Milvus search in collection {cfg.collection!r} at {cfg.uri} "
+                                    f"failed after {waited:.1f}s: {exc}") from exc
+
+    def compute_output_schema(self, input_schema: Schema, col_selector: ColumnSelector,
+                              prev_output_schema: Schema = None) -> Schema:
+        dims = (None, self.top_k)
+        return Schema([ColumnSchema("candidate_ids", dtype=np.int64, dims=dims),
+                       ColumnSchema("candidate_scores", dtype=np.float32, dims=dims)])
+
+    @property
+    def supported_formats(self) -> DataFormats:
+        return DataFormats.NUMPY_TENSOR_TABLE
