@@ -45,20 +45,25 @@ class QueryFeatures(BaseOperator):
         self._feature_refs = [f"{feature_view}:{name}" for name in self.features]
 
     def load_artifacts(self, artifact_path: str | None = None) -> None:
+        if artifact_path:  # Merlin also calls this with "" while building a graph
+            self._open(artifact_path)
+
+    def _open(self, artifact_path: str) -> None:
         from feast import FeatureStore
 
-        repo = serving_config(str(artifact_path or "")).feature_repo
+        repo = serving_config(artifact_path).feature_repo
         try:
             self._store = FeatureStore(repo_path=str(repo))
         except Exception as exc:  # Feast raises many types for a bad repo
             raise FeatureStoreUnavailable(f"cannot open the Feast repo at {repo}: {exc}") from exc
 
     def __getstate__(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if k != "_store"}
+        # Clients, models and workflows are artifacts: loaded at model start, never pickled.
+        return {**self.__dict__, "_store": None}
 
     def transform(self, col_selector: ColumnSelector, transformable: TensorTable) -> TensorTable:
         if self._store is None:
-            self.load_artifacts()
+            self._open("")
         ids = np.asarray(transformable[self.entity_column].values)
         flat = ids.reshape(-1)
         rows = [{self.join_key: int(v)} for v in flat]

@@ -97,7 +97,11 @@ class QueryMilvus(BaseOperator):
         self._cfg: MilvusConfig | None = None
 
     def load_artifacts(self, artifact_path: str | None = None) -> None:
-        self._cfg = serving_config(str(artifact_path or "")).milvus
+        if artifact_path:  # Merlin also calls this with "" while building a graph
+            self._open(artifact_path)
+
+    def _open(self, artifact_path: str) -> None:
+        self._cfg = serving_config(artifact_path).milvus
         try:
             self._client = connect(self._cfg)
         except MilvusUnavailable as exc:  # serve anyway; requests report it until Milvus is up
@@ -105,11 +109,12 @@ class QueryMilvus(BaseOperator):
             self._client = None
 
     def __getstate__(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if k not in ("_client", "_cfg")}
+        # Clients, models and workflows are artifacts: loaded at model start, never pickled.
+        return {**self.__dict__, "_client": None, "_cfg": None}
 
     def transform(self, col_selector: ColumnSelector, transformable: TensorTable) -> TensorTable:
         if self._cfg is None:
-            self.load_artifacts()
+            self._open("")
         vectors = np.asarray(transformable[self.vector_column].values, dtype=np.float32)
         hits = self._search(vectors)
         ids = np.full((len(vectors), self.top_k), MISSING_ID, dtype=np.int64)

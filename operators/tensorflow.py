@@ -40,7 +40,8 @@ class PredictSavedModel(BaseOperator):
         self._signature = None
 
     def __getstate__(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if k != "_signature"}
+        # Clients, models and workflows are artifacts: loaded at model start, never pickled.
+        return {**self.__dict__, "_signature": None}
 
     def save_artifacts(self, artifact_path: str) -> None:
         target = Path(artifact_path) / f"model_{self.name}"
@@ -49,14 +50,14 @@ class PredictSavedModel(BaseOperator):
         shutil.copytree(self.source_path, target)
 
     def load_artifacts(self, artifact_path: str | None = None) -> None:
-        path = Path(artifact_path) / f"model_{self.name}" if artifact_path else self.source_path
-        self._signature = _load_signature(str(path))
+        if artifact_path:  # Merlin also calls this with "" while building a graph
+            self._signature = _load_signature(str(Path(artifact_path) / f"model_{self.name}"))
 
     def transform(self, col_selector: ColumnSelector, transformable: TensorTable) -> TensorTable:
         import tensorflow as tf
 
         if self._signature is None:
-            self.load_artifacts()
+            self._signature = _load_signature(self.source_path)
         arrays = {name: np.asarray(transformable[name].values) for name in self.input_specs}
         batch = next(iter(arrays.values())).shape[0]
         k = max((a.shape[1] for a in arrays.values() if a.ndim == 2), default=None)

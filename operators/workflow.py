@@ -33,7 +33,8 @@ class TransformFeatures(BaseOperator):
                               if c.dtype.element_type.value == "float"]
 
     def __getstate__(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if k != "_workflow"}
+        # Clients, models and workflows are artifacts: loaded at model start, never pickled.
+        return {**self.__dict__, "_workflow": None}
 
     def save_artifacts(self, artifact_path: str) -> None:
         target = Path(artifact_path) / f"workflow_{self.name}"
@@ -44,8 +45,8 @@ class TransformFeatures(BaseOperator):
     def load_artifacts(self, artifact_path: str | None = None) -> None:
         import nvtabular as nvt
 
-        path = Path(artifact_path) / f"workflow_{self.name}" if artifact_path else self.source_path
-        self._workflow = nvt.Workflow.load(str(path))
+        if artifact_path:  # Merlin also calls this with "" while building a graph
+            self._workflow = nvt.Workflow.load(str(Path(artifact_path) / f"workflow_{self.name}"))
 
     def transform(self, col_selector: ColumnSelector, transformable: TensorTable) -> TensorTable:
         inputs = {name: np.asarray(transformable[name].values)

@@ -1,0 +1,210 @@
+"""Start and stop the two real servers the project runs: Milvus (PyPI ``milvus``) and Triton
+(the ``tritonserver`` binary shipped in PyPI ``nvidia-pytriton``, Python backend only).
+
+Both are child processes in their own process group, bound to the configured host
+(127.0.0.1 by default), and stopped by PID with SIGINT (then SIGKILL of the group).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import time
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+
+from recsys.config import Config
+
+
+class ServerError(RuntimeError):
+    """A server did not start or stopped unexpectedly."""
+
+
+def free_port() -> int:
+    """An unused TCP port on 127.0.0.1."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class ManagedProcess:
+    """A child process in its own process group, with its output in a log file."""
+
+    def __init__(self, name: str, command: list[str], log_path: Path, env: dict | None = None):
+        self.name = name
+        self.command = command
+        self.log_path = log_path
+        self.env = env
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "wb")
+        self.process = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT,
+                                        stdin=subprocess.DEVNULL, env=self.env,
+                                        start_new_session=True)
+        log.close()
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self, timeout_s: float = 15.0) -> None:
+        """SIGINT, wait, then SIGKILL the whole process group."""
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            try:
+                os.killpg(self.process.pid, signal.SIGINT)
+                self.process.wait(timeout=timeout_s)
+            except (subprocess.TimeoutExpired, ProcessLookupError):
+                pass
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.process.wait(timeout=timeout_s)
+        self.process = None
+
+    def tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+def _wait_until(check, timeout_s: float, proc: ManagedProcess) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not proc.alive():
+            raise ServerError(f"{proc.name} exited during start-up; log {proc.log_path}:\n{proc.tail()}")
+        if check():
+            return
+        time.sleep(0.25)
+    raise ServerError(f"{proc.name} not ready after {timeout_s:.0f}s; log {proc.log_path}:\n{proc.tail()}")
+
+
+class MilvusProcess(ManagedProcess):
+    """The embedded Milvus standalone server, listening on ``config.milvus.host:port``."""
+
+    def __init__(self, config: Config):
+        cfg = config.milvus
+        self.host, self.port = cfg.host, cfg.port
+        data_dir = config.milvus_data_dir
+        command = [sys.executable, "-m", "recsys.milvus_launcher", "--data", str(data_dir),
+                   "--port", str(cfg.port), "--host", cfg.host]
+        super().__init__("milvus", command, data_dir / "launcher.log")
+
+    @property
+    def uri(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self, timeout_s: float = 120.0) -> None:
+        super().start()
+        _wait_until(lambda: "READY" in self.tail(5), timeout_s, self)
+
+
+def _site_packages() -> Path:
+    return Path(sysconfig.get_paths()["purelib"])
+
+
+def prepare_triton_backends(target: Path) -> Path:
+    """Assemble a backend directory from nvidia-pytriton's Python backend and the stub built
+    for this interpreter's Python version."""
+    triton_root = _site_packages() / "pytriton" / "tritonserver"
+    if not (triton_root / "bin" / "tritonserver").is_file():
+        raise ServerError(f"tritonserver binary not found under {triton_root}; run `make setup`")
+    python_backend = target / "python"
+    python_backend.mkdir(parents=True, exist_ok=True)
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    for source in (triton_root / "backends" / "python" / "libtriton_python.so",
+                   triton_root / "backends" / "python" / "triton_python_backend_utils.py",
+                   triton_root / "python_backend_stubs" / version / "triton_python_backend_stub"):
+        shutil.copy2(source, python_backend / source.name)
+    return target
+
+
+class TritonProcess(ManagedProcess):
+    """``tritonserver`` serving ``model_repository`` over HTTP, gRPC and metrics ports."""
+
+    def __init__(self, config: Config, model_repository: Path | None = None):
+        cfg = config.triton
+        self.host, self.http_port, self.grpc_port, self.metrics_port = (
+            cfg.host, cfg.http_port, cfg.grpc_port, cfg.metrics_port)
+        self.startup_timeout_s = cfg.startup_timeout_s
+        self.model_name = config.serving.model_name
+        triton_root = _site_packages() / "pytriton" / "tritonserver"
+        backends = prepare_triton_backends(config.workdir / "triton" / "backends")
+        repository = model_repository or config.model_repository
+        command = [
+            str(triton_root / "bin" / "tritonserver"),
+            f"--model-repository={repository}",
+            f"--backend-directory={backends}",
+            f"--cache-directory={triton_root / 'caches'}",
+            f"--http-address={cfg.host}", f"--http-port={cfg.http_port}",
+            f"--grpc-address={cfg.host}", f"--grpc-port={cfg.grpc_port}",
+            f"--metrics-address={cfg.host}", f"--metrics-port={cfg.metrics_port}",
+            "--allow-gpu-metrics=false",
+            "--model-control-mode=none",
+            "--exit-on-error=true",
+            "--log-verbose=0",
+        ]
+        super().__init__("tritonserver", command, config.workdir / "triton" / "tritonserver.log",
+                         env=triton_environment())
+
+    @property
+    def http_url(self) -> str:
+        return f"{self.host}:{self.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{self.host}:{self.grpc_port}"
+
+    def ready(self) -> bool:
+        url = f"http://{self.http_url}/v2/models/{self.model_name}/ready"
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                return response.status == 200
+        except OSError:
+            return False
+
+    def start(self) -> None:
+        super().start()
+        _wait_until(self.ready, self.startup_timeout_s, self)
+
+
+def triton_environment() -> dict[str, str]:
+    """Environment for tritonserver: its bundled libraries and this interpreter's libpython
+    on ``LD_LIBRARY_PATH``, and this venv's ``bin`` first on ``PATH`` (the Python backend stub
+    finds the project's packages through the ``python3`` it finds there)."""
+    env = dict(os.environ)
+    libs = [sysconfig.get_config_var("LIBDIR"), str(_site_packages() / "nvidia_pytriton.libs")]
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(libs + [env.get("LD_LIBRARY_PATH", "")]).rstrip(os.pathsep)
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    return env
+
+
+@contextmanager
+def running(*servers: ManagedProcess):
+    """Start servers in order, yield, and stop them in reverse order whatever happens."""
+    started: list[ManagedProcess] = []
+    try:
+        for server in servers:
+            server.start()
+            started.append(server)
+        yield servers
+    finally:
+        for server in reversed(started):
+            server.stop()
+        for server in servers:
+            if server not in started:
+                server.stop()
