@@ -35,9 +35,9 @@ def connect(cfg: MilvusConfig, timeout_s: float | None = None):
 
     timeout = timeout_s or cfg.timeout_s
     try:
-        return MilvusClient(uri=cfg.uri, token=cfg.token, timeout=timeout)
+        return MilvusClient(uri=cfg.endpoint, token=cfg.token, timeout=timeout)
     except Exception as exc:
-        raise MilvusUnavailable(f"cannot connect to Milvus at {cfg.uri} within {timeout:.0f}s: {exc}") from exc
+        raise MilvusUnavailable(f"cannot connect to Milvus at {cfg.endpoint} within {timeout:.0f}s: {exc}") from exc
 
 
 def search_params(cfg: MilvusConfig, limit: int) -> dict:
@@ -74,10 +74,30 @@ def build_item_index(cfg: MilvusConfig, item_ids: np.ndarray, vectors: np.ndarra
     index_params.add_index(field_name=VECTOR_FIELD, index_type=cfg.index_type, metric_type=METRIC,
                            params=dict(cfg.index_params))
     client.create_index(cfg.collection, index_params)
+    _wait_for_index(client, cfg.collection)
     client.load_collection(cfg.collection)
     count = int(client.get_collection_stats(cfg.collection)["row_count"])
     client.close()
     return count
+
+
+def _wait_for_index(client, collection: str, timeout_s: float = 600.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        info = client.describe_index(collection, VECTOR_FIELD)
+        if info.get("state") == "Finished" and int(info.get("pending_index_rows", 0)) == 0:
+            return
+        if info.get("state") == "Failed":
+            raise MilvusUnavailable(f"index build failed on {collection}: {info}")
+        time.sleep(0.5)
+    raise MilvusUnavailable(f"index on {collection} not built after {timeout_s:.0f}s")
+
+
+def _vector_dim(client, collection: str) -> int:
+    for field in client.describe_collection(collection)["fields"]:
+        if field["name"] == VECTOR_FIELD:
+            return int(field["params"]["dim"])
+    raise MilvusUnavailable(f"collection {collection} has no {VECTOR_FIELD} field")
 
 
 class QueryMilvus(BaseOperator):
@@ -103,10 +123,27 @@ class QueryMilvus(BaseOperator):
     def _open(self, artifact_path: str) -> None:
         self._cfg = serving_config(artifact_path).milvus
         try:
-            self._client = connect(self._cfg)
+            self._client = self._connect()
         except MilvusUnavailable as exc:  # serve anyway; requests report it until Milvus is up
             LOG.warning("%s", exc)
             self._client = None
+
+    def _connect(self):
+        """Open a client and make sure the collection is loaded for search (after a Milvus
+        restart, collections come back unloaded)."""
+        client = connect(self._cfg)
+        try:
+            client.load_collection(self._cfg.collection, timeout=max(self._cfg.timeout_s, 30.0))
+            # The first search after a load can still run against segments whose index is not
+            # in place yet (different hits); spend it here rather than on a caller.
+            dim = _vector_dim(client, self._cfg.collection)
+            client.search(self._cfg.collection, data=[[1.0] * dim], limit=self.top_k,
+                          search_params=search_params(self._cfg, self.top_k))
+        except Exception as exc:
+            client.close()
+            raise MilvusUnavailable(f"Milvus at {self._cfg.endpoint} cannot load collection "
+                                    f"{self._cfg.collection!r}: {exc}") from exc
+        return client
 
     def __getstate__(self) -> dict:
         # Clients, models and workflows are artifacts: loaded at model start, never pickled.
@@ -130,7 +167,7 @@ class QueryMilvus(BaseOperator):
         started = time.monotonic()
         try:
             if self._client is None:
-                self._client = connect(cfg)
+                self._client = self._connect()
             return self._client.search(cfg.collection, data=vectors.tolist(), limit=self.top_k,
                                        search_params=search_params(cfg, self.top_k),
                                        timeout=cfg.timeout_s)
@@ -139,7 +176,7 @@ class QueryMilvus(BaseOperator):
         except Exception as exc:
             self._client = None  # reconnect on the next request
             waited = time.monotonic() - started
-            raise MilvusUnavailable(f"Milvus search in collection {cfg.collection!r} at {cfg.uri} "
+            raise MilvusUnavailable(f"Milvus search in collection {cfg.collection!r} at {cfg.endpoint} "
                                     f"failed after {waited:.1f}s: {exc}") from exc
 
     def compute_output_schema(self, input_schema: Schema, col_selector: ColumnSelector,

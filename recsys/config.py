@@ -48,7 +48,7 @@ class TrainingConfig:
 class MilvusConfig:
     """How to reach Milvus and how the item index is built and searched."""
 
-    uri: str = "http://127.0.0.1:19530"
+    uri: str = ""  # empty: the local server the project starts, at host:port
     token: str = ""
     collection: str = "recsys_items"
     index_type: str = "HNSW"
@@ -59,6 +59,11 @@ class MilvusConfig:
     # Local server started by `recsys serve` / the demo / the tests.
     host: str = "127.0.0.1"
     port: int = 19530
+
+    @property
+    def endpoint(self) -> str:
+        """The URI clients connect to (a remote Milvus, a cluster, or the local server)."""
+        return self.uri or f"http://{self.host}:{self.port}"
 
 
 @dataclass

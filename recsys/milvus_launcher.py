@@ -9,9 +9,14 @@ from __future__ import annotations
 
 import argparse
 import signal
+import socket
+import subprocess
 import sys
 import threading
 
+GRACEFUL_STOP_S = 10.0
+# A stopped (or killed) server's etcd sessions must expire before the next start completes.
+SESSION_TTL_S = 10
 _COMPONENTS = ("rootCoord", "proxy", "queryCoord", "queryNode", "indexNode", "dataCoord", "dataNode")
 
 
@@ -22,13 +27,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1", help="address its components advertise")
     args = parser.parse_args(argv)
 
-    from milvus import MilvusServer
+    from milvus import MilvusServer, MilvusServerConfig
 
-    server = MilvusServer(wait_for_started=True)
+    class _Config(MilvusServerConfig):
+        def try_bind_port(self, port):
+            # The package probes ports without SO_REUSEADDR, so a port in TIME_WAIT after a
+            # restart looks taken; Milvus itself (Go) binds it fine.
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(("127.0.0.1", port))
+                sock.listen()
+                return sock
+            except OSError:
+                sock.close()
+                return None
+
+    server = MilvusServer(config=_Config(), wait_for_started=True)
     server.set_base_dir(args.data)
-    server.config.set("proxy_port", args.port)
+    server.config.update(proxy_port=args.port)  # pinned: fail rather than drift to another port
     for component in _COMPONENTS:
         server.config.set(f"{component}.ip", args.host)
+    server.config.set("common.session.ttl", SESSION_TTL_S)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -42,6 +62,14 @@ def main(argv: list[str] | None = None) -> int:
     while not stop.is_set() and server.server_proc.poll() is None:
         stop.wait(0.2)
     code = server.server_proc.poll()
+    if code is None:
+        # A graceful stop releases Milvus' etcd sessions; otherwise the next start waits
+        # for them to expire.
+        server.server_proc.send_signal(signal.SIGINT)
+        try:
+            server.server_proc.wait(timeout=GRACEFUL_STOP_S)
+        except subprocess.TimeoutExpired:
+            pass
     server.stop()
     return 0 if code in (None, 0) else 1
 

@@ -57,7 +57,7 @@ class ManagedProcess:
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
-    def stop(self, timeout_s: float = 15.0) -> None:
+    def stop(self, timeout_s: float = 30.0) -> None:
         """SIGINT, wait, then SIGKILL the whole process group."""
         if self.process is None:
             return
@@ -109,7 +109,19 @@ class MilvusProcess(ManagedProcess):
 
     def start(self, timeout_s: float = 120.0) -> None:
         super().start()
-        _wait_until(lambda: "READY" in self.tail(5), timeout_s, self)
+        _wait_until(lambda: "READY" in self.tail(5) and self.serving(), timeout_s, self)
+
+    def serving(self) -> bool:
+        """True once a client can connect and list collections (health alone is not enough)."""
+        from pymilvus import MilvusClient
+
+        try:
+            client = MilvusClient(uri=self.uri, timeout=2)
+            client.list_collections()
+            client.close()
+            return True
+        except Exception:
+            return False
 
 
 def _site_packages() -> Path:
@@ -155,6 +167,7 @@ class TritonProcess(ManagedProcess):
             "--allow-gpu-metrics=false",
             "--model-control-mode=none",
             "--exit-on-error=true",
+            "--exit-timeout-secs=5",
             "--log-verbose=0",
         ]
         super().__init__("tritonserver", command, config.workdir / "triton" / "tritonserver.log",

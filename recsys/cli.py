@@ -1,0 +1,159 @@
+"""``recsys``: the project's command line.
+
+    recsys demo                 build everything, serve, query, stop (the README's first command)
+    recsys build                train + Feast + export (no servers)
+    recsys serve                Milvus + Triton in the foreground until Ctrl-C / SIGTERM
+    recsys recommend 17 42      ask a running server (``--grpc`` for gRPC)
+    recsys train | features | index | export    single steps
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+
+from recsys.config import Config, load_config
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="recsys", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help="TOML configuration file (default: ./recsys.toml if present)")
+    parser.add_argument("--workdir", help="where artifacts, the model repository and server data go")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="build, serve, query over HTTP and gRPC, stop")
+    demo.add_argument("--sessions", type=int, help="synthetic sessions (users); default from config")
+    demo.add_argument("--items", type=int, help="synthetic catalogue size; default from config")
+    demo.add_argument("--requests", type=int, default=300, help="requests per latency measurement")
+    demo.add_argument("--port-offset", type=int, default=0,
+                      help="add to every server port (to run beside another stack)")
+
+    build = sub.add_parser("build", help="train, apply + materialize Feast, export")
+    build.add_argument("--sessions", type=int)
+    build.add_argument("--items", type=int)
+    sub.add_parser("train", help="the offline job: data, workflows, models")
+    sub.add_parser("features", help="feast apply + materialize-incremental")
+    sub.add_parser("index", help="load item vectors into the Milvus at milvus.uri")
+    sub.add_parser("export", help="write the Triton model repository")
+
+    serve = sub.add_parser("serve", help="run Milvus and Triton in the foreground")
+    serve.add_argument("--reindex", action="store_true", help="rebuild the Milvus collection first")
+    serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+
+    recommend = sub.add_parser("recommend", help="query a running recommender")
+    recommend.add_argument("user_ids", nargs="+", type=int)
+    recommend.add_argument("--grpc", action="store_true", help="use gRPC instead of HTTP")
+    recommend.add_argument("--url", help="host:port (default: the configured Triton address)")
+    return parser
+
+
+def _config(args) -> Config:
+    overrides: dict = {}
+    if args.workdir:
+        overrides["workdir"] = args.workdir
+    data = {}
+    if getattr(args, "sessions", None):
+        data["num_sessions"] = args.sessions
+    if getattr(args, "items", None):
+        data["num_items"] = args.items
+    if data:
+        overrides["data"] = data
+    if getattr(args, "host", None):
+        overrides["triton"] = {"host": args.host}
+        overrides["milvus"] = {"host": args.host}
+    offset = getattr(args, "port_offset", 0)
+    if offset:
+        base = load_config(args.config)
+        overrides["triton"] = {"http_port": base.triton.http_port + offset,
+                               "grpc_port": base.triton.grpc_port + offset,
+                               "metrics_port": base.triton.metrics_port + offset}
+        overrides["milvus"] = {"port": base.milvus.port + offset}
+    return load_config(args.config, overrides=overrides)
+
+
+def _serve(config: Config, reindex: bool) -> None:
+    from recsys import stack
+
+    stack.require_artifacts(config)
+    if not (config.model_repository / config.serving.model_name).is_dir():
+        stack.export(config)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    with stack.local_stack(config, reindex=reindex) as (milvus, triton):
+        print(f"Milvus  {config.milvus.endpoint}" + (f"  (pid {milvus.pid}, data {config.milvus_data_dir})" if milvus else ""))
+        print(f"Triton  HTTP {triton.http_url}  gRPC {triton.grpc_url}  "
+              f"metrics {triton.host}:{triton.metrics_port}  (pid {triton.pid})")
+        print(f"model   {config.serving.model_name}  from {config.model_repository}")
+        print("Ctrl-C to stop.", flush=True)
+        while not stop.is_set():
+            if not triton.alive() or (milvus and not milvus.alive()):
+                print("a server exited; stopping", file=sys.stderr)
+                break
+            stop.wait(0.5)
+    print("stopped Milvus and Triton", flush=True)
+
+
+def _recommend(config: Config, args) -> int:
+    from recsys.client import RecommendError, RecommenderClient
+
+    protocol = "grpc" if args.grpc else "http"
+    url = args.url or (f"{config.triton.host}:{config.triton.grpc_port}" if args.grpc
+                       else f"{config.triton.host}:{config.triton.http_port}")
+    try:
+        client = RecommenderClient(url, protocol, config.serving.model_name)
+        answer = client.recommend(args.user_ids)
+    except RecommendError as exc:
+        print(f"error from the recommender: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        print(f"cannot reach Triton at {url} ({protocol}): {exc}", file=sys.stderr)
+        return 2
+    for row, user_id in enumerate(args.user_ids):
+        flag = "  (fallback: most popular)" if answer["fallback"][row] else ""
+        pairs = ", ".join(f"{i}:{s:.4f}" for i, s in zip(answer["item_ids"][row], answer["scores"][row]))
+        print(f"user {user_id}{flag}: {pairs}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        config = _config(args)
+        if args.command == "recommend":
+            return _recommend(config, args)
+        from recsys import stack
+
+        if args.command == "demo":
+            from recsys.demo import run_demo
+
+            run_demo(config, requests=args.requests)
+        elif args.command == "build":
+            stack.train(config)
+            stack.load_features(config)
+            stack.export(config)
+            print(f"artifacts in {config.workdir}; model repository {config.model_repository}")
+        elif args.command == "train":
+            stack.train(config)
+        elif args.command == "features":
+            stack.load_features(config)
+        elif args.command == "index":
+            print(f"{stack.build_index(config)} item vectors in {config.milvus.collection}")
+        elif args.command == "export":
+            print(stack.export(config))
+        elif args.command == "serve":
+            _serve(config, args.reindex)
+        return 0
+    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+        print(f"recsys {args.command}: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

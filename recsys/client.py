@@ -1,0 +1,64 @@
+"""A small tritonclient wrapper for the ``recommender`` model, over HTTP or gRPC."""
+from __future__ import annotations
+
+import numpy as np
+
+OUTPUTS = ("item_ids", "scores", "fallback")
+
+
+class RecommendError(RuntimeError):
+    """Triton answered the request with an error (the message says what is wrong)."""
+
+
+class RecommenderClient:
+    """Send batches of raw user ids to the ``recommender`` model.
+
+    ``url`` is ``host:port`` of Triton's HTTP (default 8000) or gRPC (default 8001) endpoint.
+    """
+
+    def __init__(self, url: str, protocol: str = "http", model_name: str = "recommender",
+                 timeout_s: float = 30.0):
+        if protocol not in ("http", "grpc"):
+            raise ValueError("protocol must be 'http' or 'grpc'")
+        self.protocol = protocol
+        self.model_name = model_name
+        self.timeout_s = timeout_s
+        if protocol == "http":
+            import tritonclient.http as module
+
+            self._client = module.InferenceServerClient(url, connection_timeout=timeout_s,
+                                                        network_timeout=timeout_s)
+        else:
+            import tritonclient.grpc as module
+
+            self._client = module.InferenceServerClient(url)
+        self._module = module
+
+    def recommend(self, user_ids, dtype: str = "INT64") -> dict[str, np.ndarray]:
+        """Top-k raw item ids, scores and fallback flags for each user id (row i = user i)."""
+        from tritonclient.utils import InferenceServerException
+
+        values = np.asarray(user_ids)
+        if dtype == "INT64":
+            values = values.astype(np.int64)
+        tensor = self._module.InferInput("user_id", list(values.shape), dtype)
+        tensor.set_data_from_numpy(values)
+        outputs = [self._module.InferRequestedOutput(name) for name in OUTPUTS]
+        try:
+            if self.protocol == "grpc":
+                result = self._client.infer(self.model_name, [tensor], outputs=outputs,
+                                            client_timeout=self.timeout_s)
+            else:
+                result = self._client.infer(self.model_name, [tensor], outputs=outputs)
+        except InferenceServerException as exc:
+            raise RecommendError(exc.message()) from exc
+        return {name: result.as_numpy(name) for name in OUTPUTS}
+
+    def ready(self) -> bool:
+        try:
+            return bool(self._client.is_model_ready(self.model_name))
+        except Exception:
+            return False
+
+    def close(self) -> None:
+        self._client.close()

@@ -1,0 +1,79 @@
+"""The jobs that turn offline artifacts into a serving stack, in the order data flows:
+train -> features (Feast) -> index (Milvus) -> export (Triton model repository) -> serve."""
+from __future__ import annotations
+
+import logging
+from contextlib import contextmanager
+
+import numpy as np
+import pandas as pd
+
+from recsys import featurestore
+from recsys.config import Config
+from recsys.servers import MilvusProcess, TritonProcess, running
+from training.pipeline import Artifacts
+
+LOG = logging.getLogger(__name__)
+
+
+def train(config: Config) -> Artifacts:
+    """The offline job (data, workflows, models)."""
+    from training import pipeline
+
+    return pipeline.run(config)
+
+
+def load_features(config: Config) -> None:
+    """``feast apply`` + ``feast materialize-incremental`` in the configured repo."""
+    featurestore.apply_and_materialize(config)
+
+
+def build_index(config: Config) -> int:
+    """Load the trained item vectors into Milvus (``config.milvus.uri``)."""
+    from operators.milvus import build_item_index
+
+    artifacts = Artifacts.of(config)
+    vectors = pd.read_parquet(artifacts.item_vectors)
+    items = pd.read_parquet(artifacts.items).set_index("item_id")
+    categories = items.reindex(vectors["item_id"])["item_category"].fillna("").to_numpy()
+    return build_item_index(config.milvus, vectors["item_id"].to_numpy(),
+                            np.stack(vectors["embedding"].to_numpy()).astype(np.float32), categories)
+
+
+def export(config: Config):
+    """Write the Triton model repository from the artifacts."""
+    from ensemble.export import export_model_repository
+
+    return export_model_repository(config, Artifacts.of(config))
+
+
+def require_artifacts(config: Config) -> Artifacts:
+    artifacts = Artifacts.of(config)
+    if not artifacts.item_vectors.is_file():
+        raise FileNotFoundError(f"no trained artifacts in {config.workdir}: run `recsys build` first")
+    return artifacts
+
+
+@contextmanager
+def local_stack(config: Config, reindex: bool = False):
+    """Start the local Milvus (unless ``milvus.uri`` points at another one) and Triton, in that
+    order, (re)building the item index when asked or when the collection is missing; stop both
+    on exit. Yields ``(milvus_process_or_None, triton_process)``."""
+    milvus = None if config.milvus.uri else MilvusProcess(config)
+    triton = TritonProcess(config)
+    with running(*([milvus] if milvus else [])):
+        if reindex or not _collection_exists(config):
+            LOG.info("indexing item vectors into %s", config.milvus.collection)
+            build_index(config)
+        with running(triton):
+            yield milvus, triton
+
+
+def _collection_exists(config: Config) -> bool:
+    from operators.milvus import connect
+
+    client = connect(config.milvus)
+    try:
+        return bool(client.has_collection(config.milvus.collection))
+    finally:
+        client.close()
