@@ -16,7 +16,8 @@ $(STAMP): env/lock.txt pyproject.toml
 	$(BIN)/pip install --quiet --disable-pip-version-check "pip<26.3" "setuptools<70" wheel
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -r env/lock.txt
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
-	$(BIN)/python -c "import merlin.systems, nvtabular, merlin.models.tf, feast, pymilvus, tritonclient.grpc, milvus, pytriton" 2>/dev/null
+	$(BIN)/python -c "import merlin.systems, nvtabular, merlin.models.tf, feast, pymilvus, tritonclient.grpc, milvus" 2>/dev/null
+	$(BIN)/python -c "import recsys.servers as s; s.prepare_triton_backends(__import__('pathlib').Path('$(VENV)/.triton-check'))"
 	touch $(STAMP)
 
 demo: setup

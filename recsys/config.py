@@ -40,6 +40,7 @@ class TrainingConfig:
     ranking_epochs: int = 1
     batch_size: int = 4096
     learning_rate: float = 0.01
+    logits_temperature: float = 1.0
     negatives_per_positive: int = 4
     seed: int = 7
 
