@@ -34,14 +34,16 @@ def build_ensemble(config: Config, artifacts: Artifacts) -> Ensemble:
     popular = pd.read_parquet(artifacts.popular_items)
     embedding_dim = int(pd.read_parquet(artifacts.item_vectors).iloc[0]["embedding"].shape[0])
 
+    ttl = serving.feature_cache_ttl_s
     user_raw = ["user_id"] >> QueryFeatures("user_features", "user_id", USER_FEATURE_TYPES,
-                                            found_column="user_found")
+                                            found_column="user_found", cache_ttl_s=ttl)
     user_encoded = user_raw >> TransformFeatures(artifacts.user_workflow, "user")
     user_vector = user_encoded >> PredictSavedModel(artifacts.query_tower, "query_tower",
                                                     "user_embedding", output_dim=embedding_dim)
     candidates = user_vector >> QueryMilvus(top_k=serving.retrieval_k)
     item_raw = candidates["candidate_ids"] >> QueryFeatures(
-        "item_features", "item_id", ITEM_FEATURE_TYPES, entity_column="candidate_ids")
+        "item_features", "item_id", ITEM_FEATURE_TYPES, entity_column="candidate_ids",
+        cache_ttl_s=ttl)
     item_encoded = item_raw >> TransformFeatures(artifacts.item_workflow, "item")
     ranked = (user_encoded + item_encoded) >> PredictSavedModel(artifacts.ranking_model, "dlrm",
                                                                 "ranking_score")

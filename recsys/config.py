@@ -86,6 +86,8 @@ class ServingConfig:
     top_k: int = 10
     retrieval_k: int = 100
     max_batch_users: int = 1024
+    # Feature rows read from the Feast online store are reused for this long (0: always read).
+    feature_cache_ttl_s: float = 60.0
 
 
 @dataclass

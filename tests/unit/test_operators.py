@@ -87,3 +87,21 @@ def test_operators_pickle_without_heavy_state(fitted_item_workflow):
     assert clone._workflow is None and clone.workflow_output_schema == op.workflow_output_schema
     query = cloudpickle.loads(cloudpickle.dumps(QueryMilvus(top_k=7)))
     assert query._client is None and query.top_k == 7
+
+
+def test_compiled_workflow_matches_nvtabular(fitted_item_workflow):
+    from operators.workflow import compile_workflow
+
+    path, items = fitted_item_workflow
+    workflow = wf.load_workflow(path)
+    compiled = compile_workflow(workflow, path)
+    assert compiled is not None
+    sample = items.sample(200, replace=True, random_state=0)[workflow.input_schema.column_names].copy()
+    sample.iloc[:3, sample.columns.get_loc("item_category")] = "never-seen"
+    sample.iloc[3:6, sample.columns.get_loc("item_id")] = [1, 2, 3]
+    sample = sample.reset_index(drop=True)
+    expected = workflow._transform_df(sample)
+    produced = compiled.transform({c: sample[c].to_numpy() for c in sample.columns})
+    for column in expected.columns:
+        np.testing.assert_allclose(produced[column].astype(float), expected[column].to_numpy(dtype=float),
+                                   rtol=1e-5, atol=1e-5)
