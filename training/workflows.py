@@ -17,26 +17,22 @@ from merlin.schema import Tags
 from training.features import ITEM_CATEGORICAL, ITEM_CONTINUOUS, USER_CATEGORICAL, USER_CONTINUOUS
 
 
-def _user_graph():
-    user_id = ["user_id"] >> nvt.ops.Categorify() >> nvt.ops.TagAsUserID()
-    categorical = USER_CATEGORICAL >> nvt.ops.Categorify() >> nvt.ops.TagAsUserFeatures()
-    continuous = (USER_CONTINUOUS >> nvt.ops.LogOp() >> nvt.ops.Normalize()
-                  >> nvt.ops.TagAsUserFeatures())
-    return user_id + categorical + continuous
-
-
-def _item_graph():
-    item_id = ["item_id"] >> nvt.ops.Categorify() >> nvt.ops.TagAsItemID()
-    categorical = ITEM_CATEGORICAL >> nvt.ops.Categorify() >> nvt.ops.TagAsItemFeatures()
-    continuous = (ITEM_CONTINUOUS >> nvt.ops.LogOp() >> nvt.ops.Normalize()
-                  >> nvt.ops.TagAsItemFeatures())
-    return item_id + categorical + continuous
+def _side_graph(id_column, categorical, continuous, tag_id, tag_features):
+    """Categorify the id and categorical features, log + normalize the continuous ones."""
+    ids = [id_column] >> nvt.ops.Categorify() >> tag_id()
+    cats = categorical >> nvt.ops.Categorify() >> tag_features()
+    conts = continuous >> nvt.ops.LogOp() >> nvt.ops.Normalize() >> tag_features()
+    return ids + cats + conts
 
 
 def fit_workflows(users: pd.DataFrame, items: pd.DataFrame, out_dir: Path) -> dict[str, nvt.Workflow]:
     """Fit the user and item workflows on the feature tables and save them under ``out_dir``."""
+    user_graph = _side_graph("user_id", USER_CATEGORICAL, USER_CONTINUOUS,
+                             nvt.ops.TagAsUserID, nvt.ops.TagAsUserFeatures)
+    item_graph = _side_graph("item_id", ITEM_CATEGORICAL, ITEM_CONTINUOUS,
+                             nvt.ops.TagAsItemID, nvt.ops.TagAsItemFeatures)
     workflows = {}
-    for name, graph, table in (("user", _user_graph(), users), ("item", _item_graph(), items)):
+    for name, graph, table in (("user", user_graph, users), ("item", item_graph, items)):
         workflow = nvt.Workflow(graph)
         workflow.fit(Dataset(table, cpu=True))
         workflow.save(str(Path(out_dir) / name))

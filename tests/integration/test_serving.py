@@ -159,3 +159,30 @@ def test_servers_listen_on_loopback_only(serving_stack):
     for line in triton_lines:
         address = line.split()[3]
         assert address.startswith(("127.0.0.1:", "[::ffff:127.0.0.1]:")), line
+
+
+def test_milvus_down_fails_fast_with_clear_error_then_recovers(clients, catalogue, serving_stack):
+    import time
+
+    _, milvus, triton = serving_stack
+    users, _, _ = catalogue
+    milvus.stop()
+    try:
+        for protocol in ("http", "grpc"):
+            started = time.monotonic()
+            with pytest.raises(RecommendError, match="dependency unavailable: .*Milvus"):
+                clients[protocol].recommend(users[:2])
+            assert time.monotonic() - started < 30
+        assert triton.alive() and clients["http"].ready()
+    finally:
+        milvus.start()
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            answer = clients["grpc"].recommend(users[:2])
+            break
+        except RecommendError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(2)
+    assert answer["item_ids"].shape == (2, serving_stack[0].serving.top_k)

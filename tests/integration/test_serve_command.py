@@ -1,0 +1,87 @@
+"""`recsys serve`: starts Milvus and Triton, answers, and stops both on SIGTERM / Ctrl-C."""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from recsys.client import RecommenderClient
+from recsys.servers import free_port
+from training.pipeline import Artifacts
+
+pytestmark = pytest.mark.integration
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie is gone for our purposes
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
+def test_serve_runs_in_foreground_and_stops_cleanly(trained_config, tmp_path, stop_signal):
+    workdir = tmp_path / "work"
+    artifacts = Artifacts.of(trained_config)
+    for name in ("data", "workflows", "models"):
+        shutil.copytree(trained_config.workdir / name, workdir / name)
+    ports = {"http": free_port(), "grpc": free_port(), "metrics": free_port(), "milvus": free_port()}
+    (tmp_path / "recsys.toml").write_text(f"""
+workdir = "{workdir}"
+feature_repo = "{trained_config.feature_repo}"
+[milvus]
+port = {ports['milvus']}
+collection = "serve_test"
+[triton]
+http_port = {ports['http']}
+grpc_port = {ports['grpc']}
+metrics_port = {ports['metrics']}
+[serving]
+retrieval_k = {trained_config.serving.retrieval_k}
+""")
+    recsys = str(Path(sys.executable).parent / "recsys")
+    process = subprocess.Popen([recsys, "--config", str(tmp_path / "recsys.toml"), "serve"],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               start_new_session=True)
+    lines = []
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            line = process.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if "Ctrl-C to stop" in line:
+                break
+        output = "".join(lines)
+        assert "Ctrl-C to stop" in output, output
+        assert f"127.0.0.1:{ports['http']}" in output and f"127.0.0.1:{ports['grpc']}" in output
+        pids = [int(p) for p in re.findall(r"pid (\d+)", output)]
+        assert len(pids) == 2, output
+
+        users = pd.read_parquet(artifacts.users)["user_id"].to_numpy()[:2]
+        client = RecommenderClient(f"127.0.0.1:{ports['grpc']}", "grpc")
+        assert client.recommend(users)["item_ids"].shape[0] == 2
+        client.close()
+
+        process.send_signal(stop_signal)
+        rest, _ = process.communicate(timeout=120)
+        assert process.returncode == 0, rest
+        assert "stopped Milvus and Triton" in rest
+        for pid in pids:
+            assert not _alive(pid), f"process {pid} left behind"
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
