@@ -7,6 +7,7 @@ encoded id. Scores are inner products, exactly what the Two-Tower model was trai
 from __future__ import annotations
 
 import logging
+import math
 import time
 
 import numpy as np
@@ -29,15 +30,31 @@ class MilvusUnavailable(RuntimeError):
     """Milvus could not be reached or refused the request."""
 
 
+def rpc_timeout(seconds: float) -> int:
+    """pymilvus bounds its retries by ``timeout`` only when it is an ``int``; a float timeout
+    silently falls back to 75 retries (minutes against a stopped server)."""
+    return max(1, int(math.ceil(seconds)))
+
+
 def connect(cfg: MilvusConfig, timeout_s: float | None = None):
     """A ``MilvusClient`` for ``cfg.uri`` (and token), failing with a clear message."""
     from pymilvus import MilvusClient
 
     timeout = timeout_s or cfg.timeout_s
     try:
-        return MilvusClient(uri=cfg.endpoint, token=cfg.token, timeout=timeout)
+        return MilvusClient(uri=cfg.endpoint, token=cfg.token, timeout=rpc_timeout(timeout))
     except Exception as exc:
-        raise MilvusUnavailable(f"cannot connect to Milvus at {cfg.endpoint} within {timeout:.0f}s: {exc}") from exc
+        raise MilvusUnavailable(f"cannot connect to Milvus at {cfg.endpoint} within {timeout:.0f}s: "
+                                f"{_brief(exc)}") from exc
+
+
+def _brief(exc: Exception) -> str:
+    """The useful part of a pymilvus/gRPC error (they embed whole debug strings)."""
+    text = getattr(exc, "message", None) or str(exc)
+    details = getattr(exc, "details", None)
+    if callable(details):
+        text = details() or text
+    return " ".join(str(text).split())[:240]
 
 
 def search_params(cfg: MilvusConfig, limit: int) -> dict:
@@ -93,8 +110,8 @@ def _wait_for_index(client, collection: str, timeout_s: float = 600.0) -> None:
     raise MilvusUnavailable(f"index on {collection} not built after {timeout_s:.0f}s")
 
 
-def _vector_dim(client, collection: str) -> int:
-    for field in client.describe_collection(collection)["fields"]:
+def _vector_dim(client, collection: str, timeout_s: float | None = None) -> int:
+    for field in client.describe_collection(collection, timeout=rpc_timeout(timeout_s or 5))["fields"]:
         if field["name"] == VECTOR_FIELD:
             return int(field["params"]["dim"])
     raise MilvusUnavailable(f"collection {collection} has no {VECTOR_FIELD} field")
@@ -123,26 +140,28 @@ class QueryMilvus(BaseOperator):
     def _open(self, artifact_path: str) -> None:
         self._cfg = serving_config(artifact_path).milvus
         try:
-            self._client = self._connect()
+            self._client = self._connect(max(self._cfg.timeout_s, 30.0), warm_up=True)
         except MilvusUnavailable as exc:  # serve anyway; requests report it until Milvus is up
             LOG.warning("%s", exc)
             self._client = None
 
-    def _connect(self):
+    def _connect(self, timeout_s: float, warm_up: bool = False):
         """Open a client and make sure the collection is loaded for search (after a Milvus
-        restart, collections come back unloaded)."""
-        client = connect(self._cfg)
+        restart, collections come back unloaded); every call is bounded by ``timeout_s``."""
+        client = connect(self._cfg, timeout_s)
         try:
-            client.load_collection(self._cfg.collection, timeout=max(self._cfg.timeout_s, 30.0))
-            # The first search after a load can still run against segments whose index is not
-            # in place yet (different hits); spend it here rather than on a caller.
-            dim = _vector_dim(client, self._cfg.collection)
-            client.search(self._cfg.collection, data=[[1.0] * dim], limit=self.top_k,
-                          search_params=search_params(self._cfg, self.top_k))
+            client.load_collection(self._cfg.collection, timeout=rpc_timeout(timeout_s))
+            if warm_up:
+                # The first search after a load can still run against segments whose index
+                # is not in place yet (slow, different hits); spend it here, not on a caller.
+                dim = _vector_dim(client, self._cfg.collection, timeout_s)
+                client.search(self._cfg.collection, data=[[1.0] * dim], limit=self.top_k,
+                              search_params=search_params(self._cfg, self.top_k),
+                              timeout=rpc_timeout(timeout_s))
         except Exception as exc:
             client.close()
             raise MilvusUnavailable(f"Milvus at {self._cfg.endpoint} cannot load collection "
-                                    f"{self._cfg.collection!r}: {exc}") from exc
+                                    f"{self._cfg.collection!r}: {_brief(exc)}") from exc
         return client
 
     def __getstate__(self) -> dict:
@@ -167,17 +186,17 @@ class QueryMilvus(BaseOperator):
         started = time.monotonic()
         try:
             if self._client is None:
-                self._client = self._connect()
+                self._client = self._connect(cfg.timeout_s)
             return self._client.search(cfg.collection, data=vectors.tolist(), limit=self.top_k,
                                        search_params=search_params(cfg, self.top_k),
-                                       timeout=cfg.timeout_s)
+                                       timeout=rpc_timeout(cfg.timeout_s))
         except MilvusUnavailable:
             raise
         except Exception as exc:
             self._client = None  # reconnect on the next request
             waited = time.monotonic() - started
             raise MilvusUnavailable(f"Milvus search in collection {cfg.collection!r} at {cfg.endpoint} "
-                                    f"failed after {waited:.1f}s: {exc}") from exc
+                                    f"failed after {waited:.1f}s: {_brief(exc)}") from exc
 
     def compute_output_schema(self, input_schema: Schema, col_selector: ColumnSelector,
                               prev_output_schema: Schema = None) -> Schema:

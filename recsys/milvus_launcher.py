@@ -13,11 +13,33 @@ import socket
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 GRACEFUL_STOP_S = 10.0
 # A stopped (or killed) server's etcd sessions must expire before the next start completes.
 SESSION_TTL_S = 10
 _COMPONENTS = ("rootCoord", "proxy", "queryCoord", "queryNode", "indexNode", "dataCoord", "dataNode")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _pin_embedded_etcd(server, config: Path) -> None:
+    """Give the embedded etcd its own client and peer ports on 127.0.0.1 (its peer port is
+    otherwise always 2380, so a second Milvus on the machine cannot start)."""
+    client, peer = _free_port(), _free_port()
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text(
+        f"name: default\n"
+        f"listen-client-urls: http://127.0.0.1:{client}\n"
+        f"advertise-client-urls: http://127.0.0.1:{client}\n"
+        f"listen-peer-urls: http://127.0.0.1:{peer}\n"
+        f"initial-advertise-peer-urls: http://127.0.0.1:{peer}\n"
+        f"initial-cluster: default=http://127.0.0.1:{peer}\n")
+    server.config.update(etcd_port=client)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,7 +51,17 @@ def main(argv: list[str] | None = None) -> int:
 
     from milvus import MilvusServer, MilvusServerConfig
 
+    etcd_config = Path(args.data).resolve() / "embedded-etcd.yaml"
+
     class _Config(MilvusServerConfig):
+        def load_template(self):
+            super().load_template()
+            # The template has no key for the embedded etcd's own config file; add it.
+            anchor = "  data:\n    dir: {{ etcd_data_dir }}\n"
+            assert anchor in self.template_text, "unexpected milvus config template"
+            self.template_text = self.template_text.replace(
+                anchor, anchor + f"  config:\n    path: {etcd_config}\n", 1)
+
         def try_bind_port(self, port):
             # The package probes ports without SO_REUSEADDR, so a port in TIME_WAIT after a
             # restart looks taken; Milvus itself (Go) binds it fine.
@@ -49,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     for component in _COMPONENTS:
         server.config.set(f"{component}.ip", args.host)
     server.config.set("common.session.ttl", SESSION_TTL_S)
+    _pin_embedded_etcd(server, etcd_config)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

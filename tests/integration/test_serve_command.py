@@ -32,7 +32,8 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
-def test_serve_runs_in_foreground_and_stops_cleanly(trained_config, tmp_path, stop_signal):
+def test_serve_runs_in_foreground_and_stops_cleanly(serving_stack, tmp_path, stop_signal):
+    trained_config = serving_stack[0]  # Feast applied and materialized
     workdir = tmp_path / "work"
     artifacts = Artifacts.of(trained_config)
     for name in ("data", "workflows", "models"):
