@@ -43,7 +43,7 @@ def build_ensemble(config: Config, artifacts: Artifacts) -> Ensemble:
     candidates = user_vector >> QueryMilvus(top_k=serving.retrieval_k)
     item_raw = candidates["candidate_ids"] >> QueryFeatures(
         "item_features", "item_id", ITEM_FEATURE_TYPES, entity_column="candidate_ids",
-        cache_ttl_s=ttl)
+        cache_ttl_s=ttl, warm_ids=pd.read_parquet(artifacts.items)["item_id"].to_numpy())
     item_encoded = item_raw >> TransformFeatures(artifacts.item_workflow, "item")
     ranked = (user_encoded + item_encoded) >> PredictSavedModel(artifacts.ranking_model, "dlrm",
                                                                 "ranking_score")

@@ -7,12 +7,15 @@ materialization is a job (``recsys features``), not a side effect of building a 
 
 Feast's ``get_online_features`` costs about 0.1 ms per entity in Python, so a request's 100
 candidates per user would dominate the latency. Lookups therefore go through a small
-read-through cache: each distinct id is fetched from Feast once, then served from memory
-until ``cache_ttl_s`` has passed (0 disables the cache). Ids Feast does not know are cached
-as missing too, for the same time.
+read-through cache: an id seen for the first time is fetched from Feast in the request; once
+its entry is older than ``cache_ttl_s`` it is still served, and re-read from Feast by a
+background thread (so values are at most about ``cache_ttl_s`` stale and requests do not stall
+on refreshes). Ids Feast does not know are cached as missing too. ``cache_ttl_s = 0`` reads
+Feast on every request.
 """
 from __future__ import annotations
 
+import threading
 import time
 from typing import Dict
 
@@ -38,11 +41,14 @@ class QueryFeatures(BaseOperator):
     features : feature name -> numpy dtype string (``"str"``, ``"int64"``, ``"float32"``).
     entity_column : the input column holding raw entity ids (default: ``join_key``).
     found_column : if set, also output a boolean column telling which ids Feast knows.
+    cache_ttl_s, cache_max_entries : the read-through cache (see the module docstring).
+    warm_ids : ids whose features are read into the cache at model start (e.g. the catalogue),
+        so that the first requests do not pay for cold lookups.
     """
 
     def __init__(self, feature_view: str, join_key: str, features: Dict[str, str],
                  entity_column: str | None = None, found_column: str | None = None,
-                 cache_ttl_s: float = 60.0, cache_max_entries: int = 200_000):
+                 cache_ttl_s: float = 60.0, cache_max_entries: int = 200_000, warm_ids=None):
         super().__init__()
         self.feature_view = feature_view
         self.join_key = join_key
@@ -53,6 +59,9 @@ class QueryFeatures(BaseOperator):
         self.cache_max_entries = int(cache_max_entries)
         self._store = None
         self._cache: dict = {}
+        self._feast_lock = threading.Lock()
+        self._refreshing = False
+        self.warm_ids = None if warm_ids is None else np.asarray(warm_ids, dtype=np.int64)
         self._feature_refs = [f"{feature_view}:{name}" for name in self.features]
 
     def load_artifacts(self, artifact_path: str | None = None) -> None:
@@ -67,10 +76,18 @@ class QueryFeatures(BaseOperator):
             self._store = FeatureStore(repo_path=str(repo))
         except Exception as exc:  # Feast raises many types for a bad repo
             raise FeatureStoreUnavailable(f"cannot open the Feast repo at {repo}: {exc}") from exc
+        if self.warm_ids is not None and self.cache_ttl_s > 0:
+            ids = self.warm_ids.tolist()[: self.cache_max_entries]
+            for start in range(0, len(ids), 5000):
+                self._rows(ids[start:start + 5000])
 
     def __getstate__(self) -> dict:
         # Clients, models and workflows are artifacts: loaded at model start, never pickled.
-        return {**self.__dict__, "_store": None, "_cache": {}}
+        return {**self.__dict__, "_store": None, "_cache": {}, "_feast_lock": None, "_refreshing": False}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._feast_lock = threading.Lock()
 
     def transform(self, col_selector: ColumnSelector, transformable: TensorTable) -> TensorTable:
         if self._store is None:
@@ -87,21 +104,43 @@ class QueryFeatures(BaseOperator):
 
     def _rows(self, ids: list) -> list:
         """One tuple of feature values per id (``None`` where Feast has no row)."""
-        now = time.monotonic()
         cache = self._cache
-        wanted = {i for i in ids if i not in cache or cache[i][0] < now}
-        if wanted:
-            if len(cache) + len(wanted) > self.cache_max_entries:
+        if self.cache_ttl_s <= 0:
+            return self._fetch(ids)
+        missing = list({i for i in ids if i not in cache})
+        if missing:
+            if len(cache) + len(missing) > self.cache_max_entries:
                 cache.clear()
-            expires = now + self.cache_ttl_s
-            for entity_id, row in zip(wanted, self._fetch(list(wanted))):
-                cache[entity_id] = (expires, row)
-        return [cache[i][1] for i in ids]
+            self._store_rows(missing, self._fetch(missing))
+        rows = [cache[i][1] for i in ids]
+        now = time.monotonic()
+        stale = [i for i in set(ids) if cache[i][0] < now]
+        if stale and not self._refreshing:
+            self._refreshing = True
+            threading.Thread(target=self._refresh, args=(stale,), daemon=True).start()
+        return rows
+
+    def _store_rows(self, ids: list, rows: list) -> None:
+        expires = time.monotonic() + self.cache_ttl_s
+        for entity_id, row in zip(ids, rows):
+            self._cache[entity_id] = (expires, row)
+
+    def _refresh(self, ids: list, chunk: int = 500) -> None:
+        try:
+            for start in range(0, len(ids), chunk):
+                part = ids[start:start + chunk]
+                self._store_rows(part, self._fetch(part))
+        except FeatureStoreUnavailable:
+            pass  # keep serving the cached rows; the next stale hit retries
+        finally:
+            self._refreshing = False
 
     def _fetch(self, ids: list) -> list:
         try:
-            found = self._store.get_online_features(
-                features=self._feature_refs, entity_rows=[{self.join_key: i} for i in ids]).to_dict()
+            with self._feast_lock:
+                found = self._store.get_online_features(
+                    features=self._feature_refs,
+                    entity_rows=[{self.join_key: i} for i in ids]).to_dict()
         except Exception as exc:
             raise FeatureStoreUnavailable(
                 f"Feast online store lookup for {self.feature_view} failed: {exc}") from exc

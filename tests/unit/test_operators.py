@@ -105,3 +105,58 @@ def test_compiled_workflow_matches_nvtabular(fitted_item_workflow):
     for column in expected.columns:
         np.testing.assert_allclose(produced[column].astype(float), expected[column].to_numpy(dtype=float),
                                    rtol=1e-5, atol=1e-5)
+
+
+class _FakeOnlineStore:
+    """Stands in for feast.FeatureStore: answers get_online_features from a dict."""
+
+    def __init__(self, rows):
+        self.rows, self.calls = rows, []
+
+    def get_online_features(self, features, entity_rows):
+        ids = [row["item_id"] for row in entity_rows]
+        self.calls.append(ids)
+
+        class _Answer:
+            def to_dict(inner):
+                return {"item_category": [self.rows.get(i) for i in ids]}
+
+        return _Answer()
+
+
+def test_feature_cache_reads_once_then_refreshes_in_background():
+    import time
+
+    from operators.feast_lookup import QueryFeatures
+
+    op = QueryFeatures("item_features", "item_id", {"item_category": "str"},
+                       entity_column="candidate_ids", found_column="found", cache_ttl_s=0.2)
+    store = _FakeOnlineStore({1: "a", 2: "b"})
+    op._store = store
+    table = TensorTable({"candidate_ids": np.array([[1, 2, 3], [2, 1, 3]], dtype=np.int64)})
+    out = op.transform(None, table)
+    assert out["item_category"].values.tolist() == [["a", "b", ""], ["b", "a", ""]]
+    assert out["found"].values.tolist() == [[True, True, False], [True, True, False]]
+    assert out["item_id"].values.shape == (2, 3)
+    op.transform(None, table)
+    assert len(store.calls) == 1 and sorted(store.calls[0]) == [1, 2, 3]
+    store.rows[1] = "changed"
+    time.sleep(0.3)
+    assert op.transform(None, table)["item_category"].values[0, 0] == "a"  # stale, served at once
+    deadline = time.monotonic() + 5
+    while op.transform(None, table)["item_category"].values[0, 0] != "changed":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+
+def test_feature_lookup_failure_is_reported_as_unavailable():
+    from operators.feast_lookup import FeatureStoreUnavailable, QueryFeatures
+
+    class _Broken:
+        def get_online_features(self, **_):
+            raise OSError("database is locked")
+
+    op = QueryFeatures("user_features", "user_id", {"user_activity": "str"})
+    op._store = _Broken()
+    with pytest.raises(FeatureStoreUnavailable, match="user_features failed: database is locked"):
+        op.transform(None, TensorTable({"user_id": np.array([1], dtype=np.int64)}))
