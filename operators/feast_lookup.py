@@ -87,7 +87,7 @@ class QueryFeatures(BaseOperator):
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
-        self._feast_lock = threading.Lock()
+        self._cache, self._feast_lock, self._refreshing = {}, threading.Lock(), False
 
     def transform(self, col_selector: ColumnSelector, transformable: TensorTable) -> TensorTable:
         if self._store is None:
