@@ -32,6 +32,20 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _detach_but_die_with_parent() -> None:
+    """In the child: own process group (a terminal's Ctrl-C reaches only us, and we stop the
+    servers in order), and SIGTERM when the parent dies, so a killed ``recsys`` leaves no
+    server behind (Linux; elsewhere only the process group)."""
+    os.setsid()
+    try:
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
+
+
 class ManagedProcess:
     """A child process in its own process group, with its output in a log file."""
 
@@ -47,7 +61,7 @@ class ManagedProcess:
         log = open(self.log_path, "wb")
         self.process = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT,
                                         stdin=subprocess.DEVNULL, env=self.env,
-                                        start_new_session=True)
+                                        preexec_fn=_detach_but_die_with_parent)
         log.close()
 
     @property
