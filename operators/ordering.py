@@ -83,7 +83,8 @@ class PopularFallback(BaseOperator):
 
     def _fill_row(self, ids: np.ndarray, scores: np.ndarray) -> None:
         slots = np.flatnonzero(ids == MISSING_ID)
-        extra = [i for i in self.popular_ids if i not in set(ids)][: len(slots)]
+        present = set(ids.tolist())
+        extra = [i for i in self.popular_ids if i not in present][: len(slots)]
         last = scores[slots[0] - 1] if slots[0] > 0 else np.float32(1.0)
         for slot, item in zip(slots, extra):
             last = np.nextafter(np.float32(last), np.float32(-np.inf))

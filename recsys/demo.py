@@ -89,8 +89,9 @@ def _query(config: Config, artifacts: Artifacts, triton, requests: int, eval_use
     answer_grpc = grpc.recommend(request)
     same = all(np.array_equal(answer_http[k], answer_grpc[k]) for k in ("item_ids", "fallback"))
     _say(f"   one batched request of {len(request)} users, HTTP and gRPC answers identical: {same}")
+    users_by_id = users.set_index("user_id")
     for row, user_id in enumerate(request):
-        known = users.set_index("user_id").reindex([user_id]).iloc[0]
+        known = users_by_id.reindex([user_id]).iloc[0]
         who = ("unknown user -> most-popular fallback" if answer_grpc["fallback"][row]
                else f"activity {known['user_activity']}, top category {known['user_top_category']}")
         _say(f"   user {user_id} ({who})")

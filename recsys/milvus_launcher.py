@@ -15,22 +15,18 @@ import sys
 import threading
 from pathlib import Path
 
+from recsys.servers import free_port
+
 GRACEFUL_STOP_S = 10.0
 # A stopped (or killed) server's etcd sessions must expire before the next start completes.
 SESSION_TTL_S = 10
 _COMPONENTS = ("rootCoord", "proxy", "queryCoord", "queryNode", "indexNode", "dataCoord", "dataNode")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _pin_embedded_etcd(server, config: Path) -> None:
     """Give the embedded etcd its own client and peer ports on 127.0.0.1 (its peer port is
     otherwise always 2380, so a second Milvus on the machine cannot start)."""
-    client, peer = _free_port(), _free_port()
+    client, peer = free_port(), free_port()
     config.parent.mkdir(parents=True, exist_ok=True)
     config.write_text(
         f"name: default\n"
