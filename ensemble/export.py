@@ -30,7 +30,8 @@ input [
 output [
   {{ name: "item_ids" data_type: TYPE_INT64 dims: [ -1, {k} ] }},
   {{ name: "scores" data_type: TYPE_FP32 dims: [ -1, {k} ] }},
-  {{ name: "fallback" data_type: TYPE_BOOL dims: [ -1 ] }}
+  {{ name: "fallback" data_type: TYPE_BOOL dims: [ -1 ] }},
+  {{ name: "source" data_type: TYPE_STRING dims: [ -1 ] }}
 ]
 instance_group [
   {{ kind: KIND_CPU count: 1 }}

@@ -1,12 +1,16 @@
 """The serving graph of the ``recommender`` model:
 
-    user_id -> Feast(user) -> NVTabular(user) -> user tower -> QueryMilvus (retrieval_k)
-            -> Feast(items) -> NVTabular(item) -> DLRM -> order by score (top_k) -> fallback
+    user_id -> Feast(user) -> NVTabular(user) -> user tower -> QueryMilvus (retrieval_k, the
+            user's own items excluded) -> Feast(items) -> NVTabular(item) -> DLRM
+            -> order by the blended score (top_k) -> fallback / cold start
 
 Every column after retrieval is ``[batch, retrieval_k]``, so each user's candidates stay in
-that user's row from end to end.
+that user's row from end to end. Feature names and types are the ones training wrote for the
+Feast repo, so the graph follows the data set.
 """
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pandas as pd
@@ -19,35 +23,41 @@ from operators.ordering import OrderCandidates, PopularFallback
 from operators.tensorflow import PredictSavedModel
 from operators.workflow import TransformFeatures
 from recsys.config import Config
+from training.features import HISTORY
 from training.pipeline import Artifacts
 
-# Feature names and their dtypes as served by Feast (see feature_repo/definitions.py).
-USER_FEATURE_TYPES = {"user_activity": "str", "user_top_category": "str",
-                      "user_start_hour": "int64", "user_clicks": "float32"}
-ITEM_FEATURE_TYPES = {"item_category": "str", "item_popularity": "int64", "item_clicks": "float32"}
 REQUEST_SCHEMA = Schema([ColumnSchema("user_id", dtype=np.int64, dims=(None,))])
+
+
+def feast_features(config: Config) -> dict[str, dict[str, str]]:
+    """Feature view -> {feature: value type}, as training wrote them for the Feast repo."""
+    return json.loads((config.feature_data_dir / "features.json").read_text())
 
 
 def build_ensemble(config: Config, artifacts: Artifacts) -> Ensemble:
     """Assemble the cascade from the offline artifacts (nothing is fitted here)."""
     serving = config.serving
+    views = feast_features(config)
+    ordering = json.loads(artifacts.ordering.read_text())
     popular = pd.read_parquet(artifacts.popular_items)
     embedding_dim = int(pd.read_parquet(artifacts.item_vectors).iloc[0]["embedding"].shape[0])
-
     ttl = serving.feature_cache_ttl_s
-    user_raw = ["user_id"] >> QueryFeatures("user_features", "user_id", USER_FEATURE_TYPES,
+    user_raw = ["user_id"] >> QueryFeatures("user_features", "user_id", views["user_features"],
                                             found_column="user_found", cache_ttl_s=ttl)
     user_encoded = user_raw >> TransformFeatures(artifacts.user_workflow, "user")
     user_vector = user_encoded >> PredictSavedModel(artifacts.query_tower, "query_tower",
-                                                    "user_embedding", output_dim=embedding_dim)
-    candidates = user_vector >> QueryMilvus(top_k=serving.retrieval_k)
+                                                    "user_embedding", (None, embedding_dim))
+    retrieval_input = user_vector + user_raw[HISTORY] if serving.exclude_seen else user_vector
+    candidates = retrieval_input >> QueryMilvus(
+        top_k=serving.retrieval_k, exclude_column=HISTORY if serving.exclude_seen else None,
+        fill_ids=popular["item_id"].to_numpy())
     item_raw = candidates["candidate_ids"] >> QueryFeatures(
-        "item_features", "item_id", ITEM_FEATURE_TYPES, entity_column="candidate_ids",
+        "item_features", "item_id", views["item_features"], entity_column="candidate_ids",
         cache_ttl_s=ttl, warm_ids=pd.read_parquet(artifacts.items)["item_id"].to_numpy())
     item_encoded = item_raw >> TransformFeatures(artifacts.item_workflow, "item")
-    ranked = (user_encoded + item_encoded) >> PredictSavedModel(artifacts.ranking_model, "dlrm",
-                                                                "ranking_score")
-    ordered = (candidates["candidate_ids"] + ranked) >> OrderCandidates(serving.top_k)
-    answer = (ordered + user_raw["user_found"]) >> PopularFallback(
+    ranked = (user_encoded + item_encoded) >> PredictSavedModel(
+        artifacts.ranking_model, "dlrm", "ranking_score", (None, serving.retrieval_k))
+    ordered = (candidates + ranked) >> OrderCandidates(serving.top_k, ordering["retrieval_weight"])
+    answer = (ordered + user_raw["user_found", HISTORY]) >> PopularFallback(
         popular["item_id"].to_numpy(), popular["score"].to_numpy(), serving.top_k)
     return Ensemble(answer, REQUEST_SCHEMA)

@@ -12,7 +12,7 @@ from merlin.table import TensorTable
 
 from ensemble.executor import ServingExecutor
 
-OUTPUTS = ("item_ids", "scores", "fallback")
+OUTPUTS = ("item_ids", "scores", "fallback", "source")
 
 
 class BadRequest(ValueError):
@@ -53,7 +53,8 @@ class Recommender:
         return array.astype(np.int64)
 
     def recommend(self, user_ids) -> dict[str, np.ndarray]:
-        """Top-k raw item ids and scores (sorted) for each user id, and the fallback flags."""
+        """Top-k raw item ids and scores (sorted) for each user id, the fallback flags and which
+        path answered each user (``source``)."""
         request = TensorTable({"user_id": self.validate(user_ids)})
         result = self.ensemble.transform(request, runtime=self.runtime)
         return {name: np.asarray(result[name].values) for name in OUTPUTS}

@@ -61,6 +61,7 @@ class TritonPythonModel:
             pb_utils.Tensor("item_ids", result["item_ids"].astype(np.int64)),
             pb_utils.Tensor("scores", result["scores"].astype(np.float32)),
             pb_utils.Tensor("fallback", result["fallback"].astype(np.bool_)),
+            pb_utils.Tensor("source", result["source"].astype(np.object_)),
         ])
 
     def _record(self, result):

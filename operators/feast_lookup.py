@@ -38,7 +38,8 @@ class QueryFeatures(BaseOperator):
     ----------
     feature_view : name of the Feast feature view.
     join_key : the entity's join key in Feast (e.g. ``item_id``).
-    features : feature name -> numpy dtype string (``"str"``, ``"int64"``, ``"float32"``).
+    features : feature name -> value type (``"string"``, ``"int64"``, ``"float32"``,
+        ``"string_list"``, ``"int64_list"``; list values come out as an object column of arrays).
     entity_column : the input column holding raw entity ids (default: ``join_key``).
     found_column : if set, also output a boolean column telling which ids Feast knows.
     cache_ttl_s, cache_max_entries : the read-through cache (see the module docstring).
@@ -147,7 +148,7 @@ class QueryFeatures(BaseOperator):
         columns = [found[name] for name in self.features]
         rows = []
         for values in zip(*columns):
-            rows.append(None if any(v is None for v in values) else values)
+            rows.append(None if all(v is None for v in values) else values)
         return rows
 
     def compute_output_schema(self, input_schema: Schema, col_selector: ColumnSelector,
@@ -167,11 +168,17 @@ class QueryFeatures(BaseOperator):
 
 
 def _schema_dtype(dtype: str):
-    return np.dtype("O") if dtype == "str" else np.dtype(dtype)
+    return np.dtype("O") if dtype in ("string", "string_list", "int64_list") else np.dtype(dtype)
 
 
 def _column(values: list, dtype: str) -> np.ndarray:
-    """Feast values as a numpy column; missing entries become "" or 0 (they are flagged)."""
-    if dtype == "str":
+    """Feast values as a numpy column; missing entries become "", 0 or empty lists (the row
+    is flagged as not found)."""
+    if dtype == "string":
         return np.array(["" if v is None else str(v) for v in values], dtype=object)
+    if dtype.endswith("_list"):
+        kind = np.int64 if dtype == "int64_list" else object
+        column = np.empty(len(values), dtype=object)
+        column[:] = [np.asarray([] if v is None else v, dtype=kind) for v in values]
+        return column
     return np.array([0 if v is None else v for v in values], dtype=dtype)

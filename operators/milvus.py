@@ -126,10 +126,14 @@ class QueryMilvus(BaseOperator):
     by itself when Milvus comes back.
     """
 
-    def __init__(self, top_k: int = 100, vector_column: str = "user_embedding"):
+    def __init__(self, top_k: int = 100, vector_column: str = "user_embedding",
+                 exclude_column: str | None = None, fill_ids=None, max_limit: int = 16_384):
         super().__init__()
         self.top_k = int(top_k)
         self.vector_column = vector_column
+        self.exclude_column = exclude_column
+        self.fill_ids = np.asarray([] if fill_ids is None else fill_ids, dtype=np.int64)
+        self.max_limit = int(max_limit)
         self._client = None
         self._cfg: MilvusConfig | None = None
 
@@ -172,23 +176,46 @@ class QueryMilvus(BaseOperator):
         if self._cfg is None:
             self._open("")
         vectors = np.asarray(transformable[self.vector_column].values, dtype=np.float32)
-        hits = self._search(vectors)
-        ids = np.full((len(vectors), self.top_k), MISSING_ID, dtype=np.int64)
-        scores = np.full((len(vectors), self.top_k), -np.inf, dtype=np.float32)
+        excluded = (list(transformable[self.exclude_column].values) if self.exclude_column
+                    else [()] * len(vectors))
+        # One search for the whole batch: ask for enough hits that every user keeps top_k
+        # after their own items are dropped.
+        limit = min(self.top_k + max((len(e) for e in excluded), default=0), self.max_limit)
+        hits = self._search(vectors, limit)
+        ids = np.empty((len(vectors), self.top_k), dtype=np.int64)
+        scores = np.empty((len(vectors), self.top_k), dtype=np.float32)
         for row, row_hits in enumerate(hits):
-            n = min(len(row_hits), self.top_k)
-            ids[row, :n] = [hit["id"] for hit in row_hits[:n]]
-            scores[row, :n] = [hit["distance"] for hit in row_hits[:n]]
+            ids[row], scores[row] = self._row(row_hits, set(np.asarray(excluded[row]).tolist()))
         return TensorTable({"candidate_ids": ids, "candidate_scores": scores})
 
-    def _search(self, vectors: np.ndarray) -> list:
+    def _row(self, hits, excluded: set) -> tuple[np.ndarray, np.ndarray]:
+        """The first ``top_k`` hits not in ``excluded``; if fewer, filled with ``fill_ids``
+        (not excluded, not already there) scored just below the last hit, never -1."""
+        kept = [(hit["id"], hit["distance"]) for hit in hits if hit["id"] not in excluded][: self.top_k]
+        ids = [i for i, _ in kept]
+        scores = [d for _, d in kept]
+        if len(ids) < self.top_k:
+            present = excluded | set(ids)
+            last = scores[-1] if scores else 0.0
+            for item in self.fill_ids.tolist():
+                if len(ids) == self.top_k:
+                    break
+                if item not in present:
+                    last = float(np.nextafter(np.float32(last), np.float32(-np.inf)))
+                    ids.append(item)
+                    scores.append(last)
+        short = self.top_k - len(ids)  # only when the catalogue itself is smaller than top_k
+        return (np.array(ids + [MISSING_ID] * short, dtype=np.int64),
+                np.array(scores + [-np.inf] * short, dtype=np.float32))
+
+    def _search(self, vectors: np.ndarray, limit: int) -> list:
         cfg = self._cfg
         started = time.monotonic()
         try:
             if self._client is None:
                 self._client = self._connect(cfg.timeout_s)
-            return self._client.search(cfg.collection, data=vectors.tolist(), limit=self.top_k,
-                                       search_params=search_params(cfg, self.top_k),
+            return self._client.search(cfg.collection, data=vectors.tolist(), limit=limit,
+                                       search_params=search_params(cfg, limit),
                                        timeout=rpc_timeout(cfg.timeout_s))
         except MilvusUnavailable:
             raise

@@ -2,9 +2,10 @@
 has just the Python backend).
 
 The SavedModel is copied beside the ensemble at export and loaded at model start; it is never
-part of the pickle. Inputs of shape ``[batch]`` are repeated to match inputs of shape
-``[batch, k]``, so one call ranks every candidate of every user and the output comes back as
-``[batch, k]``; with only ``[batch]`` inputs (the user tower) the output is ``[batch, dim]``.
+part of the pickle. Columns are passed as they are: the models of this project take user
+columns as ``[batch]`` and candidate columns as ``[batch, k]`` and broadcast inside, so one
+call ranks every candidate of every user (``[batch, k]`` out) and the user tower gives
+``[batch, dim]``.
 """
 from __future__ import annotations
 
@@ -25,16 +26,15 @@ class PredictSavedModel(BaseOperator):
     model_path : directory of the SavedModel.
     name : artifact name (the directory beside the ensemble).
     output_column : name of the produced column.
-    output_dim : width of the output per row (``None`` for a scalar score per row/candidate).
+    output_dims : shape of the output column (e.g. ``(None, 64)`` or ``(None, 100)``).
     """
 
-    def __init__(self, model_path: str | Path, name: str, output_column: str,
-                 output_dim: int | None = None):
+    def __init__(self, model_path: str | Path, name: str, output_column: str, output_dims: tuple):
         super().__init__()
         self.source_path = str(model_path)
         self.name = name
         self.output_column = output_column
-        self.output_dim = output_dim
+        self.output_dims = tuple(output_dims)
         signature = _load_signature(self.source_path)
         self.input_specs = {k: v.dtype.name for k, v in signature.structured_input_signature[1].items()}
         self._signature = None
@@ -58,35 +58,21 @@ class PredictSavedModel(BaseOperator):
 
         if self._signature is None:
             self._signature = _load_signature(self.source_path)
-        arrays = {name: np.asarray(transformable[name].values) for name in self.input_specs}
-        batch = next(iter(arrays.values())).shape[0]
-        k = max((a.shape[1] for a in arrays.values() if a.ndim == 2), default=None)
-        inputs = {}
-        for name, values in arrays.items():
-            if k is not None and values.ndim == 1:
-                values = np.repeat(values, k)
-            inputs[name] = tf.constant(values.reshape(-1), dtype=self.input_specs[name])
+        inputs = {name: tf.constant(np.asarray(transformable[name].values), dtype=dtype)
+                  for name, dtype in self.input_specs.items()}
         outputs = self._signature(**inputs)
         result = next(iter(outputs.values())).numpy().astype(np.float32)
-        shape = (batch, k) if k is not None else (batch, -1)
-        result = result.reshape(shape)
-        if self.output_dim is None and k is None:
-            result = result.reshape(batch)
         return TensorTable({self.output_column: result})
 
     def compute_input_schema(self, root_schema, parents_schema, deps_schema, selector) -> Schema:
         return parents_schema.select_by_name(list(self.input_specs))
 
+    def compute_selector(self, input_schema, selector, parents_selector=None, dependencies_selector=None):
+        return ColumnSelector(list(self.input_specs))
+
     def compute_output_schema(self, input_schema: Schema, col_selector: ColumnSelector,
                               prev_output_schema: Schema = None) -> Schema:
-        candidate_dims = [c.shape.dims for c in input_schema if c.shape.dims and len(c.shape.dims) == 2]
-        if candidate_dims:
-            dims = candidate_dims[0]
-        elif self.output_dim is not None:
-            dims = (None, self.output_dim)
-        else:
-            dims = (None,)
-        return Schema([ColumnSchema(self.output_column, dtype=np.float32, dims=dims)])
+        return Schema([ColumnSchema(self.output_column, dtype=np.float32, dims=self.output_dims)])
 
     @property
     def supported_formats(self) -> DataFormats:

@@ -3,7 +3,8 @@
 Unlike the stock ``TransformWorkflow`` it accepts ``[batch]`` and ``[batch, k]`` columns alike
 (the candidates of every user are encoded in one call and reshaped back), and it keeps the
 workflow as an artifact beside the ensemble instead of inside the pickle. The workflow is only
-ever loaded and applied here, never fitted.
+ever loaded and applied here, never fitted. List columns come in as object columns of arrays
+and go out as code matrices padded with 0 (``[batch, length]`` or ``[batch, k, length]``).
 
 NVTabular's executor costs ~7 ms per call whatever the batch size (pandas merges and graph
 bookkeeping). When a workflow uses only Categorify, LogOp and Normalize (plus tags), it is
@@ -21,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from merlin.dag import BaseOperator, ColumnSelector, DataFormats
-from merlin.schema import Schema
+from merlin.schema import ColumnSchema, Schema
 from merlin.table import TensorTable
 
 LOG = logging.getLogger(__name__)
@@ -42,6 +43,7 @@ class TransformFeatures(BaseOperator):
         self.workflow_output_schema = self._workflow.output_schema
         self.float_columns = [c.name for c in self.workflow_output_schema
                               if c.dtype.element_type.value == "float"]
+        self.list_columns = [c.name for c in self.workflow_output_schema if c.is_list]
         self._compiled = None
 
     def __getstate__(self) -> dict:
@@ -65,31 +67,38 @@ class TransformFeatures(BaseOperator):
     def transform(self, col_selector: ColumnSelector, transformable: TensorTable) -> TensorTable:
         inputs = {name: np.asarray(transformable[name].values)
                   for name in self.workflow_input_schema.column_names}
-        shape = next(iter(inputs.values())).shape
+        shape = inputs[self.workflow_input_schema.column_names[0]].shape
         flat = {name: values.reshape(-1) for name, values in inputs.items()}
         if self._compiled is not None:
             encoded = self._compiled.transform(flat)
         else:
-            frame = self._workflow._transform_df(pd.DataFrame(flat))
-            encoded = {name: frame[name].to_numpy() for name in self.workflow_output_schema.column_names}
+            frame = self._workflow._transform_df(pd.DataFrame(
+                {name: list(values) if name in self.list_columns else values
+                 for name, values in flat.items()}))
+            encoded = {name: (pad_codes(frame[name]) if name in self.list_columns
+                              else frame[name].to_numpy())
+                       for name in self.workflow_output_schema.column_names}
         output = {}
         for name in self.workflow_output_schema.column_names:
             values = encoded[name]
             if name in self.float_columns:
                 values = values.astype(np.float32)
-            output[name] = values.reshape(shape)
+            output[name] = values.reshape(shape + values.shape[1:])
         return TensorTable(output)
 
     def compute_input_schema(self, root_schema, parents_schema, deps_schema, selector) -> Schema:
-        return self.workflow_input_schema
+        # List columns arrive from Feast as object columns of arrays; accept what parents give.
+        return parents_schema.select_by_name(self.workflow_input_schema.column_names)
 
     def compute_output_schema(self, input_schema: Schema, col_selector: ColumnSelector,
                               prev_output_schema: Schema = None) -> Schema:
         dims = input_schema[self.workflow_input_schema.column_names[0]].shape.dims
         columns = []
         for col in self.workflow_output_schema:
-            dtype = np.float32 if col.name in self.float_columns else col.dtype
-            columns.append(col.with_dtype(dtype).with_shape(dims))
+            dtype = np.float32 if col.name in self.float_columns else col.dtype.to_numpy
+            shape = tuple(dims) + ((None,) if col.name in self.list_columns else ())
+            columns.append(ColumnSchema(col.name, dtype=dtype, dims=shape, tags=col.tags,
+                                        properties=col.properties))
         return Schema(columns)
 
     @property
@@ -100,17 +109,26 @@ class TransformFeatures(BaseOperator):
 class CompiledWorkflow:
     """Array form of a Categorify / LogOp / Normalize workflow (see the module docstring)."""
 
-    def __init__(self, categorical: dict, continuous: dict):
+    def __init__(self, categorical: dict, continuous: dict, lists: set | None = None):
         # column -> (pandas Index of the vocabulary, codes aligned with it, code of unseen values)
         self.categorical = categorical
         # column -> list of ("log",) / ("normalize", mean, std) steps
         self.continuous = continuous
+        self.lists = set(lists or ())
 
     def transform(self, columns: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         out = {}
         for name, (vocabulary, codes, unseen) in self.categorical.items():
-            position = vocabulary.get_indexer(columns[name])
-            out[name] = np.where(position >= 0, codes[position], unseen).astype(codes.dtype)
+            values = columns[name]
+            is_list = name in self.lists
+            flat = (np.concatenate([np.asarray(v).reshape(-1) for v in values] + [np.zeros(0, vocabulary.dtype)])
+                    if is_list else values)
+            position = vocabulary.get_indexer(flat) if len(flat) else np.zeros(0, dtype=np.int64)
+            mapped = np.where(position >= 0, codes[position] if len(codes) else unseen, unseen)
+            mapped = mapped.astype(np.int64)
+            if is_list:
+                mapped = pad_codes(np.split(mapped, np.cumsum([len(v) for v in values])[:-1]))
+            out[name] = mapped
         for name, steps in self.continuous.items():
             values = columns[name].astype(np.float64)
             for step in steps:
@@ -120,6 +138,15 @@ class CompiledWorkflow:
                     values = (values - step[1]) / step[2]
             out[name] = values
         return out
+
+
+def pad_codes(rows) -> np.ndarray:
+    """Lists of codes as an int64 matrix padded with 0 (NVTabular's padding code)."""
+    rows = [np.asarray(r, dtype=np.int64) for r in rows]
+    out = np.zeros((len(rows), max([len(r) for r in rows] + [1])), dtype=np.int64)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = r
+    return out
 
 
 def compile_workflow(workflow, path: Path) -> CompiledWorkflow | None:
@@ -154,6 +181,7 @@ def compile_workflow(workflow, path: Path) -> CompiledWorkflow | None:
     except (OSError, KeyError):
         return None
     size = max([len(v) for v in vocabularies.values()] + [4]) + 1
+    lists = {c.name for c in workflow.input_schema if c.is_list}
     probe = {}
     for name in workflow.input_schema.column_names:
         if name in vocabularies:
@@ -163,15 +191,27 @@ def compile_workflow(workflow, path: Path) -> CompiledWorkflow | None:
             probe[name][len(values)] = unseen
         else:
             probe[name] = np.resize(np.array([0.0, 1.0, 3.0, 250.0]), size)
-    expected = workflow._transform_df(pd.DataFrame(probe))
+    frame = pd.DataFrame({name: [[v] for v in values] if name in lists else values
+                          for name, values in probe.items()})
+    expected = workflow._transform_df(frame)
+    expected = {name: (np.concatenate([np.asarray(v) for v in expected[name]]) if name in lists
+                       else expected[name].to_numpy()) for name in workflow.output_schema.column_names}
     compiled = {}
     for name, vocabulary in vocabularies.items():
-        codes = expected[name].to_numpy()
+        codes = expected[name]
         compiled[name] = (pd.Index(vocabulary.to_numpy()), codes[: len(vocabulary)], codes[len(vocabulary)])
-    result = CompiledWorkflow(compiled, continuous)
-    produced = result.transform(probe)
+    result = CompiledWorkflow(compiled, continuous, lists)
+    as_lists = {}
+    for name, values in probe.items():
+        if name in lists:
+            cells = np.empty(len(values), dtype=object)
+            cells[:] = [np.asarray([v]) for v in values]
+            values = cells
+        as_lists[name] = values
+    produced = result.transform(as_lists)
     for name in workflow.output_schema.column_names:
-        if not np.allclose(produced[name].astype(np.float64), expected[name].to_numpy(dtype=np.float64),
+        got = produced[name].reshape(-1) if name in lists else produced[name]
+        if not np.allclose(got.astype(np.float64), np.asarray(expected[name], dtype=np.float64),
                            rtol=1e-5, atol=1e-6):
             LOG.warning("compiled workflow %s differs from NVTabular on %s; not used", path, name)
             return None

@@ -1,6 +1,7 @@
 """``recsys``: the project's command line.
 
     recsys demo                 build everything, serve, query, stop (the README's first command)
+    recsys evaluate             train, Feast, index, then offline metrics of every stage
     recsys build                train + Feast + export (no servers)
     recsys serve                Milvus + Triton in the foreground until Ctrl-C / SIGTERM
     recsys recommend 17 42      ask a running server (``--grpc`` for gRPC)
@@ -25,17 +26,33 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", help="build, serve, query over HTTP and gRPC, stop")
-    demo.add_argument("--sessions", type=int, help="synthetic sessions (users); default from config")
-    demo.add_argument("--items", type=int, help="synthetic catalogue size; default from config")
+    data = argparse.ArgumentParser(add_help=False)
+    group = data.add_argument_group("data (default: from the configuration)")
+    group.add_argument("--data", choices=["synthetic", "movielens", "yoochoose", "files"],
+                       help="data source")
+    group.add_argument("--interactions", help="interactions file (CSV/parquet), implies --data files")
+    group.add_argument("--users", help="users file (optional)")
+    group.add_argument("--items-file", help="items file (optional)")
+    group.add_argument("--schema", help="schema file declaring column kinds (JSON or TOML)")
+    group.add_argument("--test-interactions", help="held-out interactions instead of a split")
+    group.add_argument("--split", choices=["auto", "random", "chronological", "last"])
+    group.add_argument("--max-users", type=int, help="a reduced run on that many users")
+    group.add_argument("--sessions", type=int, help="synthetic sessions (users)")
+    group.add_argument("--items", type=int, help="synthetic catalogue size")
+
+    demo = sub.add_parser("demo", parents=[data], help="build, serve, query over HTTP and gRPC, stop")
     demo.add_argument("--requests", type=int, default=300, help="requests per latency measurement")
     demo.add_argument("--port-offset", type=int, default=0,
                       help="add to every server port (to run beside another stack)")
 
-    build = sub.add_parser("build", help="train, apply + materialize Feast, export")
-    build.add_argument("--sessions", type=int)
-    build.add_argument("--items", type=int)
-    sub.add_parser("train", help="the offline job: data, workflows, models")
+    sub.add_parser("build", parents=[data], help="train, apply + materialize Feast, export")
+    sub.add_parser("train", parents=[data], help="the offline job: data, workflows, models")
+    evaluate = sub.add_parser("evaluate", parents=[data],
+                              help="train, Feast, index; metrics of popularity, Two-Tower (exact, "
+                                   "Milvus) and the served cascade")
+    evaluate.add_argument("--no-train", action="store_true", help="evaluate the existing artifacts")
+    evaluate.add_argument("--eval-users", type=int, help="evaluate a random sample of test users")
+    evaluate.add_argument("--port-offset", type=int, default=0)
     sub.add_parser("features", help="feast apply + materialize-incremental")
     sub.add_parser("index", help="load item vectors into the Milvus at milvus.uri")
     sub.add_parser("export", help="write the Triton model repository")
@@ -56,10 +73,15 @@ def _config(args) -> Config:
     if args.workdir:
         overrides["workdir"] = args.workdir
     data = {}
-    if getattr(args, "sessions", None):
-        data["num_sessions"] = args.sessions
-    if getattr(args, "items", None):
-        data["num_items"] = args.items
+    for option, key in (("sessions", "num_sessions"), ("items", "num_items"), ("data", "source"),
+                        ("interactions", "interactions_path"), ("users", "users_path"),
+                        ("items_file", "items_path"), ("schema", "schema_path"),
+                        ("test_interactions", "test_interactions_path"), ("split", "split"),
+                        ("max_users", "max_users")):
+        if getattr(args, option, None):
+            data[key] = getattr(args, option)
+    if data.get("interactions_path"):
+        data.setdefault("source", "files")
     if data:
         overrides["data"] = data
     if getattr(args, "host", None):
@@ -120,6 +142,22 @@ def _recommend(config: Config, args) -> int:
     return 0
 
 
+def _evaluate(config: Config, args) -> None:
+    from recsys import stack
+    from recsys.evaluation import evaluate
+
+    if not args.no_train:
+        stack.train(config)
+    stack.require_artifacts(config)
+    stack.load_features(config)
+    with stack.local_milvus(config, reindex=True):
+        report = evaluate(config, max_users=args.eval_users)
+    print(f"{report['data']} data, {report['split']} split, {report['users']} test users, "
+          f"{report['catalogue']} items; training items of each user excluded")
+    print(report["table"])
+    print(f"written to {config.workdir / 'evaluation' / 'metrics.json'}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
@@ -141,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"artifacts in {config.workdir}; model repository {config.model_repository}")
         elif args.command == "train":
             stack.train(config)
+        elif args.command == "evaluate":
+            _evaluate(config, args)
         elif args.command == "features":
             stack.load_features(config)
         elif args.command == "index":

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-OUTPUTS = ("item_ids", "scores", "fallback")
+OUTPUTS = ("item_ids", "scores", "fallback", "source")
 
 
 class RecommendError(RuntimeError):
@@ -35,7 +35,8 @@ class RecommenderClient:
         self._module = module
 
     def recommend(self, user_ids, dtype: str = "INT64") -> dict[str, np.ndarray]:
-        """Top-k raw item ids, scores and fallback flags for each user id (row i = user i)."""
+        """Top-k raw item ids, scores, fallback flags and the answering path (``source``:
+        personalized / features / popular) for each user id (row i = user i)."""
         from tritonclient.utils import InferenceServerException
 
         values = np.asarray(user_ids)
@@ -52,7 +53,10 @@ class RecommenderClient:
                 result = self._client.infer(self.model_name, [tensor], outputs=outputs)
         except InferenceServerException as exc:
             raise RecommendError(exc.message()) from exc
-        return {name: result.as_numpy(name) for name in OUTPUTS}
+        answer = {name: result.as_numpy(name) for name in OUTPUTS}
+        answer["source"] = np.array([s.decode() if isinstance(s, bytes) else str(s)
+                                     for s in answer["source"]], dtype=object)
+        return answer
 
     def ready(self) -> bool:
         try:

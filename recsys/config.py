@@ -21,8 +21,20 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 class DataConfig:
     """Where the click log comes from and how big the synthetic one is."""
 
-    source: str = "synthetic"  # "synthetic" or "yoochoose"
+    source: str = "synthetic"  # "synthetic", "yoochoose", "movielens" or "files"
     yoochoose_path: str = ""  # path to a real yoochoose-clicks.dat when source == "yoochoose"
+    # source == "files": your data (CSV or parquet), see README "Bring your own data".
+    interactions_path: str = ""
+    users_path: str = ""
+    items_path: str = ""
+    schema_path: str = ""
+    test_interactions_path: str = ""  # a held-out file instead of an internal split
+    # "auto": last click per user for click logs, "random" otherwise; or "random",
+    # "chronological", "last".
+    split: str = "auto"
+    test_fraction: float = 0.25
+    split_seed: int = 42
+    max_users: int = 0  # > 0: a reduced run on that many users drawn at random
     num_sessions: int = 200_000
     num_items: int = 20_000
     num_categories: int = 12
@@ -35,13 +47,22 @@ class TrainingConfig:
     """Model sizes and training budget (CPU sized)."""
 
     embedding_dim: int = 64
-    tower_layers: tuple[int, ...] = (128, 64)
-    retrieval_epochs: int = 2
-    ranking_epochs: int = 1
-    batch_size: int = 4096
-    learning_rate: float = 0.01
+    tower_layers: tuple[int, ...] = (64,)
+    ranking_top_layers: tuple[int, ...] = (128, 64)
+    # With ``validate``, epochs are upper bounds and early stopping on a validation split
+    # chooses them (and the retrieval weight); without, they are used as given.
+    retrieval_epochs: int = 12
+    ranking_epochs: int = 6
+    validate: bool = True
+    patience: int = 2
+    validation_users: int = 2000
+    retrieval_weight: float = 0.5
+    # The user's most recent items kept as `history` (excluded from recommendations, input
+    # of the ranker).
+    max_history: int = 1000
+    batch_size: int = 512
+    learning_rate: float = 0.003
     logits_temperature: float = 1.0
-    negatives_per_positive: int = 4
     seed: int = 7
 
 
@@ -86,6 +107,8 @@ class ServingConfig:
     top_k: int = 10
     retrieval_k: int = 100
     max_batch_users: int = 1024
+    # Items the user already interacted with (Feast's `history`) are never recommended.
+    exclude_seen: bool = True
     # Feature rows read from the Feast online store are reused for this long (0: always read).
     feature_cache_ttl_s: float = 60.0
 

@@ -2,6 +2,7 @@
 HTTP and gRPC, and print recommendations, latency and per-stage timings."""
 from __future__ import annotations
 
+import json
 import re
 import time
 import urllib.request
@@ -13,6 +14,10 @@ from recsys import stack
 from recsys.client import RecommenderClient
 from recsys.config import Config
 from training.pipeline import Artifacts
+
+DATA_NAMES = {"synthetic": "a synthetic YOOCHOOSE-format click log",
+              "movielens": "MovieLens-100K (from the recbole wheel)",
+              "yoochoose": "a YOOCHOOSE click file", "files": "your data files"}
 
 
 def _say(message: str = "") -> None:
@@ -39,26 +44,34 @@ def measure_latency(client: RecommenderClient, user_ids: np.ndarray, batch: int,
     return latencies
 
 
-def hit_rate(client: RecommenderClient, test: pd.DataFrame, popular: np.ndarray, k: int,
-             batch: int = 50) -> tuple[float, float]:
-    """HitRate@k of the served cascade and of the most-popular list on held-out last clicks."""
-    hits = 0
-    for start in range(0, len(test), batch):
-        chunk = test.iloc[start:start + batch]
-        answer = client.recommend(chunk["user_id"].to_numpy())["item_ids"]
-        hits += int((answer == chunk["item_id"].to_numpy()[:, None]).any(axis=1).sum())
-    baseline = float(np.isin(test["item_id"].to_numpy(), popular[:k]).mean())
-    return hits / len(test), baseline
+def served_quality(client: RecommenderClient, train: pd.DataFrame, test: pd.DataFrame, k: int,
+                   batch: int = 64) -> dict[str, dict[str, float]]:
+    """NDCG@k and HitRate@k of the cascade answered by Triton for the users of ``test`` (their
+    held-out items are the relevant ones), next to the most-popular list (seen items excluded
+    in both)."""
+    from recsys.evaluation import most_popular, seen_lists
+    from training.metrics import ranking_metrics
+
+    users = np.sort(test["user_id"].unique())
+    served = np.concatenate([client.recommend(users[s:s + batch])["item_ids"][:, :k]
+                             for s in range(0, len(users), batch)])
+    popular = most_popular(train, seen_lists(train, users), k)
+    truth = test[["user_id", "item_id"]]
+    return {name: ranking_metrics(recs, users, truth, ks=(k,))
+            for name, recs in (("served cascade", served), ("most popular", popular))}
 
 
 def run_demo(config: Config, requests: int = 300, eval_users: int = 1000) -> None:
     """Train, load Feast, index, export, serve, query; stop everything it started."""
     started = time.perf_counter()
-    _say(f"== 1/5 training on a synthetic YOOCHOOSE-format click log ({config.data.num_sessions:,} sessions)")
+    _say(f"== 1/5 training on {DATA_NAMES.get(config.data.source, config.data.source)}")
     artifacts: Artifacts = stack.train(config)
-    report = pd.read_json(artifacts.report, typ="series")
-    _say(f"   {report['clicks']:,} clicks, {report['users']:,} users, {report['items']:,} items; "
-         f"Two-Tower {report['timings']['two_tower_s']:.0f}s, DLRM {report['timings']['dlrm_s']:.0f}s")
+    report = json.loads(artifacts.report.read_text())
+    tuning = report["tuning"]
+    _say(f"   {report['interactions']:,} interactions, {report['users']:,} users, {report['items']:,} items, "
+         f"{report['split']} split; validation chose {tuning['tower_epochs']} Two-Tower and "
+         f"{tuning['ranker_epochs']} DLRM epochs, retrieval weight {tuning['retrieval_weight']}; "
+         f"tuning {report['timings']['tuning_s']:.0f}s, training {report['timings']['models_s']:.0f}s")
     _say("== 2/5 Feast: apply + materialize-incremental (SQLite online store)")
     stack.load_features(config)
     _say("== 3/5 exporting the Triton model repository")
@@ -78,27 +91,22 @@ def _query(config: Config, artifacts: Artifacts, triton, requests: int, eval_use
     http = RecommenderClient(triton.http_url, "http", config.serving.model_name)
     grpc = RecommenderClient(triton.grpc_url, "grpc", config.serving.model_name)
     users = pd.read_parquet(artifacts.users)
-    items = pd.read_parquet(artifacts.items).set_index("item_id")
-    test = pd.read_parquet(artifacts.test_clicks)
-    popular = pd.read_parquet(artifacts.popular_items)["item_id"].to_numpy()
+    train = pd.read_parquet(artifacts.train_interactions)
+    test = pd.read_parquet(artifacts.test_interactions)
 
-    sample = users.sample(3, random_state=1)
+    sample = users[users["history"].apply(len) > 0].sample(3, random_state=1)
     unknown = int(users["user_id"].max()) + 1_000_000
     request = np.r_[sample["user_id"].to_numpy(), unknown]
     answer_http = http.recommend(request)
     answer_grpc = grpc.recommend(request)
-    same = all(np.array_equal(answer_http[k], answer_grpc[k]) for k in ("item_ids", "fallback"))
+    same = all(np.array_equal(answer_http[k], answer_grpc[k]) for k in ("item_ids", "fallback", "source"))
     _say(f"   one batched request of {len(request)} users, HTTP and gRPC answers identical: {same}")
-    users_by_id = users.set_index("user_id")
     for row, user_id in enumerate(request):
-        known = users_by_id.reindex([user_id]).iloc[0]
-        who = ("unknown user -> most-popular fallback" if answer_grpc["fallback"][row]
-               else f"activity {known['user_activity']}, top category {known['user_top_category']}")
-        _say(f"   user {user_id} ({who})")
+        seen = sample.set_index("user_id")["history"].get(user_id, [])
+        _say(f"   user {user_id}: answered by '{answer_grpc['source'][row]}', "
+             f"{len(seen)} items already seen (excluded)")
         ids, scores = answer_grpc["item_ids"][row], answer_grpc["scores"][row]
-        cats = items.reindex(ids)["item_category"].fillna("?").to_numpy()
-        _say("     " + "  ".join(f"{i}[cat {c}] {s:.3f}" for i, c, s in zip(ids[:5], cats[:5], scores[:5]))
-             + "  ...")
+        _say("     " + "  ".join(f"{i}:{s:.2f}" for i, s in zip(ids[:6], scores[:6])) + "  ...")
 
     metrics_url = f"http://{triton.host}:{triton.metrics_port}/metrics"
     known_ids = users["user_id"].to_numpy()
@@ -118,9 +126,13 @@ def _query(config: Config, artifacts: Artifacts, triton, requests: int, eval_use
     for stage, seconds in after.items():
         _say(f"     {stage:34} {1000 * (seconds - before.get(stage, 0.0)) / total_requests:7.2f}")
 
-    evaluated = test.sample(min(eval_users, len(test)), random_state=2)
-    cascade, baseline = hit_rate(grpc, evaluated, popular, config.serving.top_k)
-    _say(f"   HitRate@{config.serving.top_k} on {len(evaluated)} held-out last clicks: "
-         f"served cascade {cascade:.3f} vs most-popular {baseline:.3f}")
+    evaluated = test[test["user_id"].isin(
+        pd.Series(test["user_id"].unique()).sample(min(eval_users, test["user_id"].nunique()), random_state=2))]
+    quality = served_quality(grpc, train, evaluated, config.serving.top_k)
+    k = config.serving.top_k
+    _say(f"   on {evaluated['user_id'].nunique()} test users through Triton (their seen items excluded):")
+    for name, values in quality.items():
+        _say(f"     {name:15} NDCG@{k} {values[f'ndcg@{k}']:.3f}  HitRate@{k} {values[f'hit_rate@{k}']:.3f}")
+    _say("   (`recsys evaluate` reports every metric and stage)")
     http.close()
     grpc.close()

@@ -35,7 +35,8 @@ def build_index(config: Config) -> int:
     artifacts = Artifacts.of(config)
     vectors = pd.read_parquet(artifacts.item_vectors)
     items = pd.read_parquet(artifacts.items).set_index("item_id")
-    categories = items.reindex(vectors["item_id"])["item_category"].fillna("").to_numpy()
+    categories = (items.reindex(vectors["item_id"])["item_category"].fillna("").to_numpy()
+                  if "item_category" in items.columns else None)
     return build_item_index(config.milvus, vectors["item_id"].to_numpy(),
                             np.stack(vectors["embedding"].to_numpy()).astype(np.float32), categories)
 
@@ -59,14 +60,23 @@ def local_stack(config: Config, reindex: bool = False):
     """Start the local Milvus (unless ``milvus.uri`` points at another one) and Triton, in that
     order, (re)building the item index when asked or when the collection is missing; stop both
     on exit. Yields ``(milvus_process_or_None, triton_process)``."""
-    milvus = None if config.milvus.uri else MilvusProcess(config)
     triton = TritonProcess(config)
+    with local_milvus(config, reindex) as milvus:
+        with running(triton):
+            yield milvus, triton
+
+
+@contextmanager
+def local_milvus(config: Config, reindex: bool = False):
+    """Start the local Milvus (unless ``milvus.uri`` points at another one) and (re)build the
+    item index when asked or when the collection is missing; stop it on exit. Yields the
+    process or ``None``."""
+    milvus = None if config.milvus.uri else MilvusProcess(config)
     with running(*([milvus] if milvus else [])):
         if reindex or not _collection_exists(config):
             LOG.info("indexing item vectors into %s", config.milvus.collection)
             build_index(config)
-        with running(triton):
-            yield milvus, triton
+        yield milvus
 
 
 def _collection_exists(config: Config) -> bool:

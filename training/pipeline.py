@@ -1,10 +1,14 @@
-"""The offline job: click log -> feature tables -> workflows -> models -> artifacts.
+"""The offline job: data -> split -> feature tables -> workflows -> models -> artifacts.
 
+Hyper-parameters the data decides (epochs of each model, the weight of the retrieval score in
+the final order) are tuned on a validation split carved from the *training* interactions,
+never on the test split; the models are then trained again on all training interactions.
 Everything is written under ``config.workdir`` (and the Feast offline source under
 ``config.feature_data_dir``); serving reads these artifacts and never writes them.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -15,8 +19,10 @@ import numpy as np
 import pandas as pd
 
 from recsys.config import Config
-from training import clicklog, features
+from training import features, sources
 from training import workflows as wf
+from training.dataset import InteractionData
+from training.features import HISTORY, Features
 
 LOG = logging.getLogger(__name__)
 
@@ -31,11 +37,12 @@ class Artifacts:
     def of(cls, config: Config) -> "Artifacts":
         return cls(config.workdir)
 
-    clicks = property(lambda self: self.root / "data" / "clicks.parquet")
-    train_clicks = property(lambda self: self.root / "data" / "train_clicks.parquet")
-    test_clicks = property(lambda self: self.root / "data" / "test_clicks.parquet")
+    interactions = property(lambda self: self.root / "data" / "interactions.parquet")
+    train_interactions = property(lambda self: self.root / "data" / "train.parquet")
+    test_interactions = property(lambda self: self.root / "data" / "test.parquet")
     users = property(lambda self: self.root / "data" / "users.parquet")
     items = property(lambda self: self.root / "data" / "items.parquet")
+    features = property(lambda self: self.root / "data" / "features.json")
     popular_items = property(lambda self: self.root / "data" / "popular_items.parquet")
     user_id_map = property(lambda self: self.root / "data" / "user_id_map.parquet")
     item_id_map = property(lambda self: self.root / "data" / "item_id_map.parquet")
@@ -44,91 +51,167 @@ class Artifacts:
     query_tower = property(lambda self: self.root / "models" / "query_tower")
     ranking_model = property(lambda self: self.root / "models" / "dlrm")
     item_vectors = property(lambda self: self.root / "models" / "item_vectors.parquet")
+    ordering = property(lambda self: self.root / "models" / "ordering.json")
     report = property(lambda self: self.root / "training_report.json")
 
 
-def load_clicks(config: Config) -> pd.DataFrame:
-    """The click log named by the configuration (synthetic or a real YOOCHOOSE file)."""
-    data = config.data
-    if data.source == "yoochoose":
-        return clicklog.read_yoochoose(data.yoochoose_path)
-    if data.source == "synthetic":
-        return clicklog.generate_clicks(data.num_sessions, data.num_items, data.num_categories,
-                                        data.mean_session_length, data.seed)
-    raise ValueError(f"unknown data source {data.source!r}: use 'synthetic' or 'yoochoose'")
+def resolve_split(config: Config) -> str:
+    """``auto``: the last click of each session for click logs, a random share otherwise."""
+    method = config.data.split
+    if method == "auto":
+        return "last" if config.data.source in ("synthetic", "yoochoose") else "random"
+    return method
+
+
+def side_features(data: InteractionData) -> tuple[Features, Features]:
+    """Feature columns of users and items: the data set's, plus the derived ones."""
+    u, i = data.user_features, data.item_features
+    users = Features(list(u.categorical), list(u.continuous), list(u.lists) + [HISTORY],
+                     [features.USER_COUNT])
+    items = Features(list(i.categorical), list(i.continuous), list(i.lists), [features.ITEM_COUNT])
+    return users, items
+
+
+@dataclass
+class Tables:
+    """The feature tables of one training set and their encoded model inputs."""
+
+    users: pd.DataFrame
+    items: pd.DataFrame
+    user_inputs: dict
+    item_inputs: dict
+    pairs: tuple[np.ndarray, np.ndarray]  # (user row, item row) of every training interaction
+
+    @classmethod
+    def build(cls, data: InteractionData, train: pd.DataFrame, workflows: dict, specs, max_history: int,
+              users: pd.DataFrame | None = None, items: pd.DataFrame | None = None) -> "Tables":
+        from training.models import side_arrays
+
+        users = features.user_table(train, data.users, max_history) if users is None else users
+        items = features.item_table(data.interactions, train, data.items) if items is None else items
+        encoded_users = wf.transform(workflows["user"], users)
+        encoded_items = wf.transform(workflows["item"], items)
+        user_spec = _merged(specs)
+        user_row = pd.Series(np.arange(len(users)), index=users["user_id"].to_numpy())
+        item_row = pd.Series(np.arange(len(items)), index=items["item_id"].to_numpy())
+        pairs = (user_row.loc[train["user_id"]].to_numpy(), item_row.loc[train["item_id"]].to_numpy())
+        return cls(users, items, side_arrays(encoded_users, user_spec, max_history),
+                   side_arrays(encoded_items, specs["item"]), pairs)
+
+
+def _merged(specs):
+    tower, ranker = specs["tower"], specs["ranker"]
+    return dataclasses.replace(tower, categorical={**tower.categorical, **ranker.categorical},
+                               lists={**tower.lists, **ranker.lists})
+
+
+def load_data(config: Config) -> tuple[InteractionData, pd.DataFrame, pd.DataFrame]:
+    """The data set and its (train, test) split (or the given held-out file as test)."""
+    data = sources.load(config.data)
+    LOG.info("data set:\n%s", data.summary())
+    if config.data.test_interactions_path:
+        from training.dataset import load_files
+
+        held_out = load_files(config.data.test_interactions_path).interactions
+        return data, data.interactions, held_out
+    train, test = features.split(data.interactions, resolve_split(config), config.data.test_fraction,
+                                 config.data.split_seed)
+    return data, train, test
 
 
 def run(config: Config, top_popular: int = 1000) -> Artifacts:
     """Run the whole offline job and return where its artifacts are."""
-    from training import models  # TensorFlow is imported only when training.
+    from training import tuning
 
     out = Artifacts.of(config)
-    for directory in (out.clicks.parent, out.user_workflow.parent, out.query_tower.parent,
+    for directory in (out.users.parent, out.user_workflow.parent, out.query_tower.parent,
                       config.feature_data_dir):
         directory.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     started = time.perf_counter()
-
-    clicks = load_clicks(config)
-    train, test = features.split_last_click(clicks)
-    users = features.user_features(train)
-    items = features.item_features(train, clicks[["item_id", "category"]])
-    clicks.to_parquet(out.clicks, index=False)
-    train.to_parquet(out.train_clicks, index=False)
-    test.to_parquet(out.test_clicks, index=False)
+    data, train, test = load_data(config)
+    user_features, item_features = side_features(data)
+    max_history = config.training.max_history
+    users = features.user_table(train, data.users, max_history)
+    items = features.item_table(data.interactions, train, data.items)
+    data.interactions.to_parquet(out.interactions, index=False)
+    train.to_parquet(out.train_interactions, index=False)
+    test.to_parquet(out.test_interactions, index=False)
     users.to_parquet(out.users, index=False)
     items.to_parquet(out.items, index=False)
     features.popular_items(train, top_popular).to_parquet(out.popular_items, index=False)
-    # The Feast offline source: raw feature values keyed by raw ids, stamped with the time
-    # they were computed (Feast's event timestamp).
-    computed_at = pd.Timestamp.now(tz="UTC").floor("s")
-    users.assign(event_timestamp=computed_at).to_parquet(
-        config.feature_data_dir / "user_features.parquet", index=False)
-    items.assign(event_timestamp=computed_at).to_parquet(
-        config.feature_data_dir / "item_features.parquet", index=False)
+    out.features.write_text(json.dumps({"user": user_features.to_dict(), "item": item_features.to_dict()}))
+    write_feast_source(config, users, items, user_features, item_features)
     timings["data_s"] = time.perf_counter() - started
 
     started = time.perf_counter()
-    fitted = wf.fit_workflows(users, items, out.user_workflow.parent)
-    user_wf, item_wf = fitted["user"], fitted["item"]
-    wf.write_id_mapping(user_wf, users, "user_id", out.user_id_map)
-    wf.write_id_mapping(item_wf, items, "item_id", out.item_id_map)
-    encoded_users = wf.transform(user_wf, users).set_index(users["user_id"].to_numpy())
-    encoded_items = wf.transform(item_wf, items).set_index(items["item_id"].to_numpy())
+    workflows = wf.fit_workflows(users, items, user_features, item_features, out.user_workflow.parent)
+    wf.write_id_mapping(workflows["user"], users, "user_id", out.user_id_map)
+    wf.write_id_mapping(workflows["item"], items, "item_id", out.item_id_map)
+    specs = model_specs(workflows)
     timings["workflows_s"] = time.perf_counter() - started
 
-    user_schema, item_schema = user_wf.output_schema, item_wf.output_schema
     started = time.perf_counter()
-    pairs = train[["user_id", "item_id"]]
-    encoded_pairs = pd.concat(
-        [encoded_users.loc[pairs["user_id"].to_numpy()].reset_index(drop=True),
-         encoded_items.loc[pairs["item_id"].to_numpy()].reset_index(drop=True)], axis=1)
-    two_tower = models.train_two_tower(encoded_pairs, user_schema + item_schema, config.training)
-    vectors = models.export_two_tower(two_tower, encoded_items.reset_index(drop=True),
-                                      items["item_id"].to_numpy(), item_schema, out.query_tower.parent)
-    vectors.to_parquet(out.item_vectors, index=False)
-    timings["two_tower_s"] = time.perf_counter() - started
+    choice = tuning.tune(config, data, train, workflows, specs, resolve_split(config))
+    timings["tuning_s"] = time.perf_counter() - started
 
     started = time.perf_counter()
-    examples = features.ranking_examples(train, items, config.training.negatives_per_positive,
-                                         config.training.seed)
-    encoded_examples = pd.concat(
-        [encoded_users.loc[examples["user_id"].to_numpy()].reset_index(drop=True),
-         encoded_items.loc[examples["item_id"].to_numpy()].reset_index(drop=True),
-         examples[[models.RANKING_TARGET]].reset_index(drop=True)], axis=1)
-    ranker = models.train_dlrm(encoded_examples, models.ranking_schema(user_schema, item_schema),
-                               config.training)
-    ranker.save(str(out.ranking_model))
-    timings["dlrm_s"] = time.perf_counter() - started
+    tables = Tables.build(data, train, workflows, specs, max_history, users, items)
+    two_tower, ranker = tuning.train_models(config, tables, specs, choice)
+    two_tower.save_user_tower(out.query_tower)
+    vectors = two_tower.item_vectors(tables.item_inputs)
+    pd.DataFrame({"item_id": items["item_id"].to_numpy(), "embedding": list(vectors)}).to_parquet(
+        out.item_vectors, index=False)
+    ranker.save(out.ranking_model)
+    out.ordering.write_text(json.dumps({"retrieval_weight": choice.retrieval_weight,
+                                        "max_history": max_history}))
+    timings["models_s"] = time.perf_counter() - started
 
     report = {
-        "clicks": int(len(clicks)), "users": int(len(users)), "items": int(len(items)),
-        "train_clicks": int(len(train)), "test_clicks": int(len(test)),
-        "ranking_examples": int(len(examples)),
-        "ranking_positive_share": float(examples[models.RANKING_TARGET].mean()),
-        "embedding_dim": int(np.stack(vectors["embedding"].head(1))[0].shape[0]),
-        "timings": timings,
+        "interactions": int(len(data.interactions)), "users": int(len(users)), "items": int(len(items)),
+        "train_interactions": int(len(train)), "test_interactions": int(len(test)),
+        "split": resolve_split(config), "embedding_dim": int(vectors.shape[1]),
+        "tuning": dataclasses.asdict(choice), "timings": timings,
     }
     out.report.write_text(json.dumps(report, indent=2))
     LOG.info("training done: %s", report)
+    return out
+
+
+def model_specs(workflows: dict) -> dict:
+    """Model input specs: the user tower (no history), the ranker's user side (history, no
+    user id: a user is what they did) and the item side (shared by both models)."""
+    user = wf.side_spec(workflows["user"].output_schema, "user_id", {HISTORY: "item_id"})
+    item = wf.side_spec(workflows["item"].output_schema, "item_id")
+    tower = dataclasses.replace(user, lists={k: v for k, v in user.lists.items() if k != HISTORY},
+                                shared_tables={})
+    ranker = dataclasses.replace(user, categorical={k: v for k, v in user.categorical.items()
+                                                    if k != "user_id"})
+    return {"tower": tower, "ranker": ranker, "item": item}
+
+
+def write_feast_source(config: Config, users: pd.DataFrame, items: pd.DataFrame,
+                       user_features: Features, item_features: Features) -> None:
+    """The Feast offline source: raw feature values keyed by raw ids, stamped with the time
+    they were computed, and the feature list the repo's definitions read."""
+    computed_at = pd.Timestamp.now(tz="UTC").floor("s")
+    target = config.feature_data_dir
+    _feast_frame(users, user_features).assign(event_timestamp=computed_at).to_parquet(
+        target / "user_features.parquet", index=False)
+    _feast_frame(items, item_features).assign(event_timestamp=computed_at).to_parquet(
+        target / "item_features.parquet", index=False)
+    spec = {"user_features": user_features.feast_types(id_lists=(HISTORY,)),
+            "item_features": item_features.feast_types()}
+    (target / "features.json").write_text(json.dumps(spec, indent=2))
+
+
+def _feast_frame(frame: pd.DataFrame, side: Features) -> pd.DataFrame:
+    out = frame[[frame.columns[0]] + side.columns].copy()
+    for column in side.categorical:
+        out[column] = out[column].astype(str)
+    for column in side.continuous + side.counts:
+        out[column] = out[column].astype(np.float32)
+    for column in side.lists:
+        kind = np.int64 if column == HISTORY else str
+        out[column] = [list(np.asarray(v).astype(kind)) for v in out[column]]
     return out

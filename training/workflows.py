@@ -1,42 +1,62 @@
 """NVTabular workflows, fitted once on training tables and saved; serving only loads them.
 
 Two workflows, one per side of the cascade, so that each serving stage runs the one it needs:
-``user`` encodes user id + user features, ``item`` encodes item id + item features.
-Raw ids go in, contiguous encoded ids come out; the mapping is written out explicitly by
-:func:`write_id_mapping` (serving never exposes encoded ids: Milvus keys are raw ids).
+``user`` encodes the user id and user features, ``item`` the item id and item features.
+Categorical and list columns are Categorified, continuous ones normalized (derived counts are
+log-transformed first). The user's ``history`` (raw item ids) is encoded with the *item*
+vocabulary, so its codes are the item-id codes the models embed. Raw ids go in, contiguous
+codes come out; :func:`write_id_mapping` writes the mapping out (serving never exposes codes:
+Milvus keys are raw ids).
 """
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import nvtabular as nvt
 import pandas as pd
 from merlin.io import Dataset
-from merlin.schema import Tags
+from merlin.schema import Schema, Tags
 
-from training.features import ITEM_CATEGORICAL, ITEM_CONTINUOUS, USER_CATEGORICAL, USER_CONTINUOUS
-
-
-def _side_graph(id_column, categorical, continuous, tag_id, tag_features):
-    """Categorify the id and categorical features, log + normalize the continuous ones."""
-    ids = [id_column] >> nvt.ops.Categorify() >> tag_id()
-    cats = categorical >> nvt.ops.Categorify() >> tag_features()
-    conts = continuous >> nvt.ops.LogOp() >> nvt.ops.Normalize() >> tag_features()
-    return ids + cats + conts
+from training.features import HISTORY, Features
+from training.models import SideSpec
 
 
-def fit_workflows(users: pd.DataFrame, items: pd.DataFrame, out_dir: Path) -> dict[str, nvt.Workflow]:
+def _side_graph(id_column: str, features: Features, tag_id, tag_features, vocabularies: dict,
+                categories_dir: str):
+    def categorify(columns):
+        vocabs = {c: vocabularies[c] for c in columns if c in vocabularies} or None
+        return columns >> nvt.ops.Categorify(vocabs=vocabs, out_path=categories_dir)
+
+    graph = categorify([id_column]) >> tag_id()
+    if features.categorical:
+        graph += categorify(features.categorical) >> tag_features()
+    for column in features.lists:
+        graph += categorify([column]) >> tag_features()
+    if features.continuous:
+        graph += features.continuous >> nvt.ops.Normalize() >> tag_features()
+    if features.counts:
+        graph += features.counts >> nvt.ops.LogOp() >> nvt.ops.Normalize() >> tag_features()
+    return graph
+
+
+def fit_workflows(users: pd.DataFrame, items: pd.DataFrame, user_features: Features,
+                  item_features: Features, out_dir: Path) -> dict[str, nvt.Workflow]:
     """Fit the user and item workflows on the feature tables and save them under ``out_dir``."""
-    user_graph = _side_graph("user_id", USER_CATEGORICAL, USER_CONTINUOUS,
-                             nvt.ops.TagAsUserID, nvt.ops.TagAsUserFeatures)
-    item_graph = _side_graph("item_id", ITEM_CATEGORICAL, ITEM_CONTINUOUS,
-                             nvt.ops.TagAsItemID, nvt.ops.TagAsItemFeatures)
-    workflows = {}
-    for name, graph, table in (("user", user_graph, users), ("item", item_graph, items)):
-        workflow = nvt.Workflow(graph)
-        workflow.fit(Dataset(table, cpu=True))
-        workflow.save(str(Path(out_dir) / name))
-        workflows[name] = workflow
+    catalogue = pd.Series(items["item_id"].to_numpy(), name="item_id")
+    with tempfile.TemporaryDirectory() as categories_dir:
+        user_graph = _side_graph("user_id", user_features, nvt.ops.TagAsUserID,
+                                 nvt.ops.TagAsUserFeatures,
+                                 {HISTORY: catalogue.rename(HISTORY)}, categories_dir)
+        item_graph = _side_graph("item_id", item_features, nvt.ops.TagAsItemID,
+                                 nvt.ops.TagAsItemFeatures, {"item_id": catalogue}, categories_dir)
+        workflows = {}
+        for name, graph, table in (("user", user_graph, users[["user_id"] + user_features.columns]),
+                                   ("item", item_graph, items[["item_id"] + item_features.columns])):
+            workflow = nvt.Workflow(graph)
+            workflow.fit(Dataset(table, cpu=True))
+            workflow.save(str(Path(out_dir) / name))
+            workflows[name] = workflow
     return workflows
 
 
@@ -48,7 +68,7 @@ def load_workflow(path: Path) -> nvt.Workflow:
 def transform(workflow: nvt.Workflow, frame: pd.DataFrame) -> pd.DataFrame:
     """Apply a fitted workflow to an in-memory frame (extra columns are dropped)."""
     inputs = frame[workflow.input_schema.column_names]
-    return workflow.transform(Dataset(inputs, cpu=True)).to_ddf().compute()
+    return workflow.transform(Dataset(inputs, cpu=True)).to_ddf().compute().reset_index(drop=True)
 
 
 def write_id_mapping(workflow: nvt.Workflow, frame: pd.DataFrame, column: str, path: Path) -> pd.DataFrame:
@@ -60,5 +80,14 @@ def write_id_mapping(workflow: nvt.Workflow, frame: pd.DataFrame, column: str, p
     return mapping
 
 
-def tagged_columns(workflow: nvt.Workflow, tag: Tags) -> list[str]:
-    return workflow.output_schema.select_by_tag(tag).column_names
+def side_spec(schema: Schema, id_column: str, shared_tables: dict[str, str] | None = None) -> SideSpec:
+    """What the models need to know of a workflow's output: columns by kind, vocabulary sizes."""
+    categorical, lists, continuous = {}, {}, []
+    for column in schema:
+        if Tags.CATEGORICAL in column.tags:
+            size = int(column.int_domain.max) + 1
+            (lists if column.is_list else categorical)[column.name] = size
+        else:
+            continuous.append(column.name)
+    categorical = {id_column: categorical.pop(id_column), **categorical}
+    return SideSpec(id_column, categorical, continuous, lists, dict(shared_tables or {}))
