@@ -11,8 +11,8 @@ from recsys.config import PROJECT_ROOT, Config, load_config
 from recsys.servers import free_port
 
 TINY = {
-    "data": {"num_sessions": 3000, "num_items": 600, "seed": 11},
-    "training": {"retrieval_epochs": 2, "ranking_epochs": 1, "batch_size": 1024},
+    "data": {"source": "synthetic", "num_sessions": 3000, "num_items": 600, "seed": 11},
+    "training": {"retrieval_epochs": 3, "ranking_epochs": 2, "batch_size": 512, "validation_users": 300},
     "serving": {"top_k": 10, "retrieval_k": 50, "max_batch_users": 64},
 }
 

@@ -6,49 +6,119 @@ from merlin.table import TensorTable
 
 from operators.ordering import OrderCandidates, PopularFallback
 from operators.workflow import TransformFeatures
-from training import clicklog, features
+from training import features
 from training import workflows as wf
 
 
+def _candidates(ids, ranking, retrieval=None):
+    ids = np.asarray(ids, dtype=np.int64)
+    ranking = np.asarray(ranking, dtype=np.float32)
+    retrieval = np.zeros_like(ranking) if retrieval is None else np.asarray(retrieval, dtype=np.float32)
+    return TensorTable({"candidate_ids": ids, "ranking_score": ranking, "candidate_scores": retrieval})
+
+
 def test_order_candidates_sorts_each_row_and_drops_padding():
-    ids = np.array([[11, 12, 13, -1], [21, 22, 23, 24]], dtype=np.int64)
-    scores = np.array([[0.1, 0.9, 0.5, 0.99], [0.4, 0.3, 0.2, 0.8]], dtype=np.float32)
-    out = OrderCandidates(top_k=3).transform(None, TensorTable({"candidate_ids": ids, "ranking_score": scores}))
+    table = _candidates([[11, 12, 13, -1], [21, 22, 23, 24]], [[0.1, 0.9, 0.5, 0.99], [0.4, 0.3, 0.2, 0.8]])
+    out = OrderCandidates(top_k=3).transform(None, table)
     np.testing.assert_array_equal(out["item_ids"].values, [[12, 13, 11], [24, 21, 22]])
-    np.testing.assert_allclose(out["scores"].values, [[0.9, 0.5, 0.1], [0.8, 0.4, 0.3]])
+    assert (np.diff(out["scores"].values, axis=1) <= 0).all()
 
 
-def test_order_candidates_pads_short_candidate_lists():
-    ids = np.array([[5, 6]], dtype=np.int64)
-    scores = np.array([[0.2, 0.7]], dtype=np.float32)
-    out = OrderCandidates(top_k=3).transform(None, TensorTable({"candidate_ids": ids, "ranking_score": scores}))
-    np.testing.assert_array_equal(out["item_ids"].values, [[6, 5, -1]])
+def test_order_candidates_blends_retrieval_and_ranking_scores():
+    ranking = [[3.0, 2.0, 1.0]]
+    retrieval = [[0.0, 0.1, 10.0]]
+    by_ranker = OrderCandidates(top_k=3, retrieval_weight=0.0).transform(
+        None, _candidates([[1, 2, 3]], ranking, retrieval))
+    by_retrieval = OrderCandidates(top_k=3, retrieval_weight=1.0).transform(
+        None, _candidates([[1, 2, 3]], ranking, retrieval))
+    half = OrderCandidates(top_k=3, retrieval_weight=0.5).transform(
+        None, _candidates([[1, 2, 3]], ranking, retrieval))
+    assert by_ranker["item_ids"].values.tolist() == [[1, 2, 3]]
+    assert by_retrieval["item_ids"].values.tolist() == [[3, 2, 1]]
+    # standardized: ranking (1.22, 0, -1.22), retrieval (-0.72, -0.69, 1.41);
+    # halves: item 1 -> 0.25, item 3 -> 0.10, item 2 -> -0.35
+    assert half["item_ids"].values.tolist() == [[1, 3, 2]]
+
+
+def test_blend_scores_standardizes_per_row_and_keeps_padding_last():
+    from training.scoring import blend_scores
+
+    out = blend_scores(np.array([[1.0, 2.0, 3.0], [5.0, 5.0, 5.0]]),
+                       np.array([[1.0, 2.0, -np.inf], [0.0, 1.0, 2.0]]), 0.5)
+    assert out[0, 2] == -np.inf and out[0, 1] > out[0, 0]
+    assert np.all(np.isfinite(out[1])) and out[1, 2] > out[1, 0]
+
+
+def _fallback_table(ids, scores, found, histories):
+    history = np.empty(len(histories), dtype=object)
+    history[:] = [np.asarray(h, dtype=np.int64) for h in histories]
+    return TensorTable({"item_ids": np.asarray(ids, dtype=np.int64),
+                        "scores": np.asarray(scores, dtype=np.float32),
+                        "user_found": np.asarray(found), "history": history})
 
 
 def test_popular_fallback_replaces_unknown_users_and_fills_short_rows():
     op = PopularFallback(popular_ids=[100, 101, 102, 103], popular_scores=[0.4, 0.3, 0.2, 0.1], top_k=3)
-    table = TensorTable({
-        "item_ids": np.array([[7, 8, 9], [7, 100, -1], [1, 2, 3]], dtype=np.int64),
-        "scores": np.array([[0.9, 0.8, 0.7], [0.9, 0.5, -np.inf], [0.3, 0.2, 0.1]], dtype=np.float32),
-        "user_found": np.array([True, True, False]),
-    })
+    table = _fallback_table([[7, 8, 9], [7, 100, -1], [1, 2, 3], [4, 5, 6]],
+                            [[0.9, 0.8, 0.7], [0.9, 0.5, -np.inf], [0.3, 0.2, 0.1], [0.3, 0.2, 0.1]],
+                            [True, True, False, True], [[1], [101], [], []])
     out = op.transform(None, table)
     ids, scores = out["item_ids"].values, out["scores"].values
     np.testing.assert_array_equal(ids[0], [7, 8, 9])
-    np.testing.assert_array_equal(ids[1], [7, 100, 101])  # filled with a popular item not in the row
+    np.testing.assert_array_equal(ids[1], [7, 100, 102])  # filled: not in the row, not seen (101)
     assert scores[1, 2] < scores[1, 1]
     np.testing.assert_array_equal(ids[2], [100, 101, 102])
-    assert out["fallback"].values.tolist() == [False, False, True]
+    assert out["fallback"].values.tolist() == [False, False, True, False]
+    assert out["source"].values.tolist() == ["personalized", "personalized", "popular", "features"]
+
+
+def test_query_milvus_row_drops_seen_items_and_fills_without_padding():
+    from operators.milvus import QueryMilvus
+
+    op = QueryMilvus(top_k=4, fill_ids=[50, 51, 52, 53])
+    hits = [{"id": 1, "distance": 0.9}, {"id": 2, "distance": 0.8}, {"id": 3, "distance": 0.7}]
+    ids, scores = op._row(hits, excluded={2, 50})
+    assert ids.tolist() == [1, 3, 51, 52]
+    assert (np.diff(scores) < 0).all() and scores[1] == np.float32(0.7)
 
 
 @pytest.fixture(scope="module")
-def fitted_item_workflow(tmp_path_factory):
-    clicks = clicklog.generate_clicks(300, 100, seed=4)
-    train, _ = features.split_last_click(clicks)
-    users, items = features.user_features(train), features.item_features(train)
+def fitted_workflows(tmp_path_factory):
+    from training import sources
+    from training.pipeline import side_features
+
+    data = sources.movielens_100k()
+    data = sources.sample_users(data, 60, seed=1)
+    train, _ = features.split(data.interactions, "random")
+    user_features, item_features = side_features(data)
+    users = features.user_table(train, data.users, max_history=50)
+    items = features.item_table(data.interactions, train, data.items)
     out = tmp_path_factory.mktemp("workflows")
-    wf.fit_workflows(users, items, out)
+    wf.fit_workflows(users, items, user_features, item_features, out)
+    return out, users, items
+
+
+@pytest.fixture(scope="module")
+def fitted_item_workflow(fitted_workflows):
+    out, _, items = fitted_workflows
     return out / "item", items
+
+
+def _cells(values):
+    column = np.empty(len(values), dtype=object)
+    column[:] = [np.asarray(v) for v in values]
+    return column
+
+
+def _request(frame, columns, shape):
+    """Workflow input columns of ``frame`` shaped like a request (lists as object cells)."""
+    out = {}
+    for c in columns:
+        values = frame[c].to_numpy()
+        if len(values) and isinstance(values[0], (list, np.ndarray)):
+            values = _cells(values)
+        out[c] = values.reshape(shape)
+    return out
 
 
 def test_transform_features_handles_candidate_matrices(fitted_item_workflow, tmp_path):
@@ -58,20 +128,35 @@ def test_transform_features_handles_candidate_matrices(fitted_item_workflow, tmp
     op.load_artifacts(str(tmp_path))
     sample = items.head(6)
     flat = wf.transform(wf.load_workflow(path), sample)
-    matrix = {c: sample[c].to_numpy().reshape(2, 3) for c in op.workflow_input_schema.column_names}
-    out = op.transform(None, TensorTable(matrix))
+    out = op.transform(None, TensorTable(_request(sample, op.workflow_input_schema.column_names, (2, 3))))
     for column in flat.columns:
-        np.testing.assert_allclose(np.asarray(out[column].values),
-                                   flat[column].to_numpy().reshape(2, 3).astype(out[column].values.dtype),
-                                   rtol=1e-6)
+        got = np.asarray(out[column].values)
+        if column in op.list_columns:
+            assert got.shape[:2] == (2, 3)
+            for cell, expected in zip(got.reshape(6, -1), flat[column]):
+                assert cell[: len(expected)].tolist() == list(expected) and not cell[len(expected):].any()
+        else:
+            np.testing.assert_allclose(got, flat[column].to_numpy().reshape(2, 3).astype(got.dtype), rtol=1e-6)
+
+
+def test_user_workflow_encodes_history_with_the_item_vocabulary(fitted_workflows, tmp_path):
+    out, users, items = fitted_workflows
+    op = TransformFeatures(out / "user", "user")
+    op.save_artifacts(str(tmp_path))
+    op.load_artifacts(str(tmp_path))
+    item_codes = wf.transform(wf.load_workflow(out / "item"), items).set_index(items["item_id"].to_numpy())["item_id"]
+    encoded = op.transform(None, TensorTable(_request(users.head(4), op.workflow_input_schema.column_names, (4,))))
+    history = np.asarray(encoded["history"].values)
+    for row, raw in enumerate(users.head(4)["history"]):
+        assert history[row, : len(raw)].tolist() == item_codes.loc[list(raw)].tolist()
 
 
 def test_transform_features_never_refits(fitted_item_workflow, tmp_path):
     path, items = fitted_item_workflow
     before = {p.name: p.read_bytes() for p in (path / "categories").glob("*.parquet")}
     op = TransformFeatures(path, "item")
-    unseen = items.head(3).assign(item_id=[1, 2, 3], item_category=["new", "new", "x"])
-    op.transform(None, TensorTable({c: unseen[c].to_numpy() for c in op.workflow_input_schema.column_names}))
+    unseen = items.head(3).assign(item_id=[10**9, 10**9 + 1, 10**9 + 2], release_year=["new", "new", "x"])
+    op.transform(None, TensorTable(_request(unseen, op.workflow_input_schema.column_names, (3,))))
     after = {p.name: p.read_bytes() for p in (path / "categories").glob("*.parquet")}
     assert before == after
 
@@ -97,14 +182,20 @@ def test_compiled_workflow_matches_nvtabular(fitted_item_workflow):
     compiled = compile_workflow(workflow, path)
     assert compiled is not None
     sample = items.sample(200, replace=True, random_state=0)[workflow.input_schema.column_names].copy()
-    sample.iloc[:3, sample.columns.get_loc("item_category")] = "never-seen"
-    sample.iloc[3:6, sample.columns.get_loc("item_id")] = [1, 2, 3]
+    sample.iloc[:3, sample.columns.get_loc("release_year")] = "never-seen"
+    sample.iloc[3:6, sample.columns.get_loc("item_id")] = [10**9, 10**9 + 1, 10**9 + 2]
+    sample["genres"] = [list(g) + (["never-seen"] if i % 7 == 0 else []) for i, g in enumerate(sample["genres"])]
     sample = sample.reset_index(drop=True)
     expected = workflow._transform_df(sample)
-    produced = compiled.transform({c: sample[c].to_numpy() for c in sample.columns})
+    produced = compiled.transform(_request(sample, sample.columns, (len(sample),)))
     for column in expected.columns:
-        np.testing.assert_allclose(produced[column].astype(float), expected[column].to_numpy(dtype=float),
-                                   rtol=1e-5, atol=1e-5)
+        if column == "genres":
+            from operators.workflow import pad_codes
+
+            np.testing.assert_array_equal(produced[column], pad_codes(expected[column]))
+        else:
+            np.testing.assert_allclose(produced[column].astype(float), expected[column].to_numpy(dtype=float),
+                                       rtol=1e-5, atol=1e-5)
 
 
 class _FakeOnlineStore:
@@ -129,7 +220,7 @@ def test_feature_cache_reads_once_then_refreshes_in_background():
 
     from operators.feast_lookup import QueryFeatures
 
-    op = QueryFeatures("item_features", "item_id", {"item_category": "str"},
+    op = QueryFeatures("item_features", "item_id", {"item_category": "string"},
                        entity_column="candidate_ids", found_column="found", cache_ttl_s=0.2)
     store = _FakeOnlineStore({1: "a", 2: "b"})
     op._store = store
@@ -156,7 +247,7 @@ def test_feature_lookup_failure_is_reported_as_unavailable():
         def get_online_features(self, **_):
             raise OSError("database is locked")
 
-    op = QueryFeatures("user_features", "user_id", {"user_activity": "str"})
+    op = QueryFeatures("user_features", "user_id", {"user_activity": "string"})
     op._store = _Broken()
     with pytest.raises(FeatureStoreUnavailable, match="user_features failed: database is locked"):
         op.transform(None, TensorTable({"user_id": np.array([1], dtype=np.int64)}))
