@@ -117,6 +117,10 @@ def _vector_dim(client, collection: str, timeout_s: float | None = None) -> int:
     raise MilvusUnavailable(f"collection {collection} has no {VECTOR_FIELD} field")
 
 
+def _search_limit(needed: int, cap: int) -> int:
+    return int(min(1 << max(int(needed) - 1, 1).bit_length(), cap))
+
+
 class QueryMilvus(BaseOperator):
     """Search the item collection with each user's vector: ``[batch, dim]`` in,
     ``candidate_ids`` (INT64) and ``candidate_scores`` (FP32), both ``[batch, top_k]``, out.
@@ -178,14 +182,16 @@ class QueryMilvus(BaseOperator):
         vectors = np.asarray(transformable[self.vector_column].values, dtype=np.float32)
         excluded = (list(transformable[self.exclude_column].values) if self.exclude_column
                     else [()] * len(vectors))
-        # One search for the whole batch: ask for enough hits that every user keeps top_k
-        # after their own items are dropped.
-        limit = min(self.top_k + max((len(e) for e in excluded), default=0), self.max_limit)
-        hits = self._search(vectors, limit)
+        # Each user needs top_k hits beyond their own items. Users are searched in groups by
+        # that need rounded up to a power of two, so a user's candidates do not depend on who
+        # else is in the batch (the search depth grows with the limit).
+        limits = np.array([_search_limit(self.top_k + len(e), self.max_limit) for e in excluded])
         ids = np.empty((len(vectors), self.top_k), dtype=np.int64)
         scores = np.empty((len(vectors), self.top_k), dtype=np.float32)
-        for row, row_hits in enumerate(hits):
-            ids[row], scores[row] = self._row(row_hits, set(np.asarray(excluded[row]).tolist()))
+        for limit in np.unique(limits):
+            rows = np.flatnonzero(limits == limit)
+            for row, row_hits in zip(rows, self._search(vectors[rows], int(limit))):
+                ids[row], scores[row] = self._row(row_hits, set(np.asarray(excluded[row]).tolist()))
         return TensorTable({"candidate_ids": ids, "candidate_scores": scores})
 
     def _row(self, hits, excluded: set) -> tuple[np.ndarray, np.ndarray]:

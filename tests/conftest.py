@@ -1,20 +1,53 @@
 """Shared fixtures: a tiny configuration in a temporary directory with free ports, a trained
-set of artifacts, and (for integration tests) a real Milvus + Triton stack serving them."""
+set of artifacts, and (for integration tests) a real Milvus + Triton stack serving them.
+
+The data is bring-your-own files written from a reduced MovieLens-100K: 300 users with their
+ratings, ids shifted so that raw ids cannot be mistaken for encoded ones, plus a few users that
+only the users file knows (cold users with features)."""
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from recsys.config import PROJECT_ROOT, Config, load_config
 from recsys.servers import free_port
 
+USER_OFFSET, ITEM_OFFSET = 900_000, 500_000
+COLD_USERS = [990_001, 990_002, 990_003]
 TINY = {
-    "data": {"source": "synthetic", "num_sessions": 3000, "num_items": 600, "seed": 11},
+    "data": {"source": "files", "max_users": 0},
     "training": {"retrieval_epochs": 3, "ranking_epochs": 2, "batch_size": 512, "validation_users": 300},
     "serving": {"top_k": 10, "retrieval_k": 50, "max_batch_users": 64},
 }
+
+
+def write_data_files(folder: Path, n_users: int = 300, seed: int = 3) -> dict[str, str]:
+    """Interactions, users, items and schema files in the documented input format."""
+    from training.sources import movielens_100k, sample_users
+
+    folder.mkdir(parents=True, exist_ok=True)
+    data = sample_users(movielens_100k(), n_users, seed)
+    interactions = data.interactions.assign(user_id=data.interactions["user_id"] + USER_OFFSET,
+                                            item_id=data.interactions["item_id"] + ITEM_OFFSET)
+    interactions["timestamp"] = pd.to_datetime(interactions["timestamp"], unit="s", utc=True).dt.strftime(
+        "%Y-%m-%dT%H:%M:%SZ")
+    users = data.users.assign(user_id=data.users["user_id"] + USER_OFFSET)
+    cold = users.head(len(COLD_USERS)).assign(user_id=COLD_USERS)
+    users = pd.concat([users, cold], ignore_index=True)
+    items = data.items.assign(item_id=data.items["item_id"] + ITEM_OFFSET,
+                              genres=data.items["genres"].apply("|".join))
+    paths = {"interactions_path": folder / "interactions.csv", "users_path": folder / "users.csv",
+             "items_path": folder / "items.parquet", "schema_path": folder / "schema.json"}
+    interactions.to_csv(paths["interactions_path"], index=False)
+    users.to_csv(paths["users_path"], index=False)
+    items.to_parquet(paths["items_path"], index=False)
+    paths["schema_path"].write_text(json.dumps({"users": {"zip_prefix": "categorical", "age": "continuous"},
+                                                "items": {"genres": "list", "release_year": "categorical"}}))
+    return {key: str(value) for key, value in paths.items()}
 
 
 def make_config(root: Path, **extra) -> Config:
@@ -24,6 +57,7 @@ def make_config(root: Path, **extra) -> Config:
     for name in ("feature_store.yaml", "definitions.py"):
         shutil.copy(PROJECT_ROOT / "feature_repo" / name, repo / name)
     overrides = {
+        "data": write_data_files(root / "input"),
         "workdir": str(root / "work"),
         "feature_repo": str(repo),
         "milvus": {"port": free_port(), "collection": "test_items"},
@@ -35,8 +69,14 @@ def make_config(root: Path, **extra) -> Config:
 
 
 @pytest.fixture(scope="session")
+def cold_users() -> list[int]:
+    """Users only the users file knows (features, no interactions)."""
+    return list(COLD_USERS)
+
+
+@pytest.fixture(scope="session")
 def trained_config(tmp_path_factory) -> Config:
-    """A tiny data set, trained end to end (about half a minute on 2 cores)."""
+    """A tiny data set, trained end to end (under a minute on 2 cores)."""
     from training import pipeline
 
     config = make_config(tmp_path_factory.mktemp("recsys"))
