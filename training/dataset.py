@@ -87,9 +87,12 @@ class InteractionData:
             for kind, columns in (("categorical", spec.categorical), ("continuous", spec.continuous),
                                   ("list", spec.lists), ("dropped", spec.dropped)):
                 for column in columns:
+                    how = spec.decided.get(column, "inferred")
+                    if kind == "dropped":
+                        lines.append(f"  {column:24} dropped     ({how}: one value or none)")
+                        continue
                     distinct = (frame[column].explode() if kind == "list" else frame[column]).nunique()
-                    lines.append(f"  {column:24} {kind:11} ({spec.decided.get(column, 'inferred')}, "
-                                 f"{distinct:,} distinct)")
+                    lines.append(f"  {column:24} {kind:11} ({how}, {distinct:,} distinct)")
         return "\n".join(lines + self.notes)
 
 
