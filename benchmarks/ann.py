@@ -59,19 +59,14 @@ def scenarios(args) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         centres = rng.normal(size=(2000, args.dim)).astype(np.float32)
         return {f"synthetic-{args.synthetic}": (clustered_vectors(args.synthetic, args.dim, rng, centres),
                                                 clustered_vectors(args.nq, args.dim, rng, centres))}
-    import tensorflow as tf
-
-    from training import workflows as wf
+    from recsys.evaluation import user_vectors as tower_vectors
     from training.pipeline import Artifacts
 
     artifacts = Artifacts(Path(args.workdir))
     items = np.stack(pd.read_parquet(artifacts.item_vectors)["embedding"].to_numpy()).astype(np.float32)
-    users = pd.read_parquet(artifacts.users).sample(min(20_000, args.max_users), random_state=0)
-    encoded = wf.transform(wf.load_workflow(artifacts.user_workflow), users)
-    tower = tf.saved_model.load(str(artifacts.query_tower)).signatures["serving_default"]
-    inputs = {k: tf.constant(encoded[k].to_numpy(), dtype=v.dtype)
-              for k, v in tower.structured_input_signature[1].items()}
-    user_vectors = next(iter(tower(**inputs).values())).numpy().astype(np.float32)
+    users = pd.read_parquet(artifacts.users, columns=["user_id"]).sample(
+        min(20_000, args.max_users), random_state=0)
+    user_vectors = tower_vectors(artifacts, users["user_id"].to_numpy()).astype(np.float32)
     items = items[rng.permutation(len(items))]
     user_vectors = user_vectors[rng.permutation(len(user_vectors))]
     half, cut = len(items) // 2, int(0.85 * len(user_vectors))

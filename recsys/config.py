@@ -21,7 +21,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 class DataConfig:
     """Where the click log comes from and how big the synthetic one is."""
 
-    source: str = "synthetic"  # "synthetic", "yoochoose", "movielens" or "files"
+    source: str = "movielens"  # "movielens", "synthetic", "yoochoose" or "files"
     yoochoose_path: str = ""  # path to a real yoochoose-clicks.dat when source == "yoochoose"
     # source == "files": your data (CSV or parquet), see README "Bring your own data".
     interactions_path: str = ""
