@@ -123,13 +123,13 @@ def run(config: Config, top_popular: int = 1000) -> Artifacts:
     """Run the whole offline job and return where its artifacts are."""
     from training import tuning
 
+    started = time.perf_counter()
+    data, train, test = load_data(config)  # malformed input stops here, before anything is written
     out = Artifacts.of(config)
     for directory in (out.users.parent, out.user_workflow.parent, out.query_tower.parent,
                       config.feature_data_dir):
         directory.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
-    started = time.perf_counter()
-    data, train, test = load_data(config)
     user_features, item_features = side_features(data)
     max_history = config.training.max_history
     users = features.user_table(train, data.users, max_history)

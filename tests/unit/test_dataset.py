@@ -113,3 +113,14 @@ def test_same_feature_name_on_both_sides_is_refused(files, tmp_path):
     users = _write(tmp_path / "users.csv", "user_id,brand\n1,a\n2,b\n")
     with pytest.raises(DataError, match="both the users and the items file"):
         load_files(interactions, users=users, items=items)
+
+
+def test_cli_refuses_bad_files_without_traceback_or_artifacts(tmp_path, capsys):
+    from recsys.cli import main
+
+    bad = _write(tmp_path / "interactions.csv", "user_id,item_id,timestamp\n1,10,1700000000\n2,x,1700000000\n")
+    code = main(["--workdir", str(tmp_path / "work"), "train", "--interactions", str(bad)])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "line 3, column 'item_id'" in err and "Traceback" not in err
+    assert not (tmp_path / "work").exists()
