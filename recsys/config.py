@@ -49,6 +49,12 @@ class TrainingConfig:
     embedding_dim: int = 64
     tower_layers: tuple[int, ...] = (64,)
     ranking_top_layers: tuple[int, ...] = (128, 64)
+    # The ranker's negatives per training interaction, the share drawn from the user's own
+    # Two-Tower candidates (the rest uniform), and the share of history items hidden from it in
+    # each training step.
+    ranking_negatives: int = 31
+    hard_negative_share: float = 0.5
+    history_dropout: float = 0.0
     # With ``validate``, epochs are upper bounds and early stopping on a validation split
     # chooses them (and the retrieval weight); without, they are used as given.
     retrieval_epochs: int = 12

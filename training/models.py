@@ -230,9 +230,13 @@ def train_two_tower(users: dict, items: dict, pairs: tuple[np.ndarray, np.ndarra
     return model
 
 
-def _without(history: np.ndarray, codes: np.ndarray) -> np.ndarray:
-    """The history rows with the clicked item removed (the model must not see the answer)."""
-    return np.where(history == codes[:, None], 0, history)
+def _without(history: np.ndarray, codes: np.ndarray, dropout: float, rng: np.random.Generator) -> np.ndarray:
+    """The history rows with the clicked item removed (the model must not see the answer) and,
+    with ``dropout``, that share of the other items hidden too."""
+    hidden = history == codes[:, None]
+    if dropout > 0:
+        hidden |= rng.random(history.shape) < dropout
+    return np.where(hidden, 0, history)
 
 
 class Ranker:
@@ -284,7 +288,8 @@ def train_dlrm(users: dict, items: dict, pairs: tuple[np.ndarray, np.ndarray], u
     for epoch in range(epochs):
         for rows in _batches(len(user_rows), batch_size, rng):
             candidates = np.concatenate([item_rows[rows, None], negatives(user_rows[rows], rng)], 1)
-            batch = {name: tf.constant(_without(values[user_rows[rows]], item_ids[item_rows[rows]])
+            batch = {name: tf.constant(_without(values[user_rows[rows]], item_ids[item_rows[rows]],
+                                                cfg.history_dropout, rng)
                                        if user_spec.shared_tables.get(name) == item_spec.id_column
                                        else values[user_rows[rows]])
                      for name, values in users.items()}

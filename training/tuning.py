@@ -21,7 +21,7 @@ from training import features, metrics
 from training.scoring import blend_scores
 
 LOG = logging.getLogger(__name__)
-WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
+WEIGHTS = (0.0, 0.25, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
 
 @dataclass
@@ -124,7 +124,7 @@ def tune(config: Config, data, train: pd.DataFrame, workflows: dict, specs: dict
         return len(ranker_curve) - best_epoch <= cfg.patience
 
     train_dlrm(_user_inputs(tables, specs["ranker"]), tables.item_inputs, tables.pairs, specs["ranker"],
-               specs["item"], hard_negatives(candidates, len(tables.items)), cfg, cfg.ranking_epochs,
+               specs["item"], hard_negatives(candidates, len(tables.items), cfg), cfg, cfg.ranking_epochs,
                after_ranker_epoch)
     curve = np.array(ranker_curve)
     epoch, weight = np.unravel_index(int(np.argmax(curve)), curve.shape)
@@ -135,10 +135,11 @@ def tune(config: Config, data, train: pd.DataFrame, workflows: dict, specs: dict
     return choice
 
 
-def hard_negatives(candidates: np.ndarray, n_items: int, share: float = 0.5, count: int = 31):
-    """Negatives for the ranker: ``share`` from the user's retrieval candidates (which exclude
-    the user's items), the rest uniform over the catalogue."""
-    hard = int(round(count * share))
+def hard_negatives(candidates: np.ndarray, n_items: int, cfg):
+    """Negatives for the ranker: ``cfg.hard_negative_share`` of ``cfg.ranking_negatives`` from
+    the user's retrieval candidates (which exclude the user's items), the rest uniform."""
+    count = cfg.ranking_negatives
+    hard = int(round(count * cfg.hard_negative_share))
 
     def draw(user_rows: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         columns = rng.integers(0, candidates.shape[1], size=(len(user_rows), hard))
@@ -161,6 +162,6 @@ def train_models(config: Config, tables, specs: dict, choice: Choice):
                                    two_tower.item_vectors(tables.item_inputs), seen,
                                    config.serving.retrieval_k)
     ranker = train_dlrm(_user_inputs(tables, specs["ranker"]), tables.item_inputs, tables.pairs,
-                        specs["ranker"], specs["item"], hard_negatives(candidates, len(tables.items)),
+                        specs["ranker"], specs["item"], hard_negatives(candidates, len(tables.items), cfg),
                         cfg, choice.ranker_epochs)
     return two_tower, ranker
