@@ -158,10 +158,25 @@ def _evaluate(config: Config, args) -> None:
     print(f"written to {config.workdir / 'evaluation' / 'metrics.json'}")
 
 
+def _quiet_libraries() -> None:
+    """Hide TensorFlow's C++ info logs and the Merlin stack's CPU-mode warnings (``-v`` shows
+    them); must run before TensorFlow is first imported."""
+    import os
+    import warnings
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    warnings.filterwarnings("ignore", category=UserWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
+    logging.getLogger("absl").setLevel(logging.ERROR)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not args.verbose:
+        _quiet_libraries()
     try:
         config = _config(args)
         if args.command == "recommend":
