@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -15,6 +16,39 @@ from pathlib import Path
 from typing import Any
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+LOG = logging.getLogger(__name__)
+
+# Build and search parameters an index type gets when it is chosen without its own (e.g. only
+# RECSYS_MILVUS_INDEX_TYPE is set): parameters of one type mean nothing to another. HNSW's are
+# the defaults of MilvusConfig; the IVF ones are those of docs/benchmarks.md (nlist must not
+# exceed the number of items). GPU_* types need a GPU build of Milvus (milvusdb/milvus:*-gpu).
+INDEX_DEFAULTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
+    "FLAT": ({}, {}),
+    "IVF_FLAT": ({"nlist": 1024}, {"nprobe": 32}),
+    "IVF_SQ8": ({"nlist": 1024}, {"nprobe": 32}),
+    "IVF_PQ": ({"nlist": 1024, "m": 16, "nbits": 8}, {"nprobe": 32}),
+    "HNSW": ({"M": 16, "efConstruction": 200}, {"ef": 200}),
+    "GPU_BRUTE_FORCE": ({}, {}),
+    "GPU_IVF_FLAT": ({"nlist": 1024}, {"nprobe": 32}),
+    "GPU_IVF_PQ": ({"nlist": 1024, "m": 16, "nbits": 8}, {"nprobe": 32}),
+    # itopk_size left out: Milvus then sizes it to the search limit, which varies per request.
+    "GPU_CAGRA": ({"intermediate_graph_degree": 64, "graph_degree": 32}, {}),
+}
+
+# GPU index types: the parameters Milvus 2.4 documents for them (build, search) and the largest
+# top-k (search limit) it accepts. Where Milvus versions document different caps (GPU_IVF_FLAT:
+# 256, later 2048) the smaller one is used.
+GPU_INDEXES: dict[str, tuple[frozenset, frozenset, int]] = {
+    "GPU_CAGRA": (frozenset({"intermediate_graph_degree", "graph_degree", "build_algo",
+                             "cache_dataset_on_device", "adapt_for_cpu"}),
+                  frozenset({"itopk_size", "search_width", "min_iterations", "max_iterations",
+                             "team_size", "ef"}), 1024),
+    "GPU_IVF_PQ": (frozenset({"nlist", "m", "nbits", "cache_dataset_on_device"}),
+                   frozenset({"nprobe"}), 1024),
+    "GPU_IVF_FLAT": (frozenset({"nlist", "cache_dataset_on_device"}), frozenset({"nprobe"}), 256),
+    "GPU_BRUTE_FORCE": (frozenset(), frozenset(), 1024),
+}
+MILVUS_MAX_LIMIT = 16_384  # Milvus' own cap on top-k (QueryMilvus' default max_limit)
 
 
 @dataclass
@@ -77,7 +111,10 @@ class MilvusConfig:
     """How to reach Milvus and how the item index is built and searched."""
 
     uri: str = ""  # empty: the local server the project starts, at host:port
-    token: str = ""
+    # "user:password" (or an API key). Set it through RECSYS_MILVUS_TOKEN or a file
+    # (token_file, RECSYS_MILVUS_TOKEN_FILE); never written to exported files or logs.
+    token: str = field(default="", repr=False)
+    token_file: str = ""
     collection: str = "recsys_items"
     index_type: str = "HNSW"
     index_params: dict[str, Any] = field(default_factory=lambda: {"M": 16, "efConstruction": 200})
@@ -87,11 +124,31 @@ class MilvusConfig:
     # Local server started by `recsys serve` / the demo / the tests.
     host: str = "127.0.0.1"
     port: int = 19530
+    # Run it in a network namespace of its own, so that only host:port is reachable (Milvus
+    # 2.3 otherwise opens about ten ports on every interface).
+    private_network: bool = True
+    # Enable its authentication; `token` must then be "root:<password>" (the password is set
+    # on first start, replacing Milvus' default).
+    auth: bool = False
 
     @property
     def endpoint(self) -> str:
         """The URI clients connect to (a remote Milvus, a cluster, or the local server)."""
         return self.uri or f"http://{self.host}:{self.port}"
+
+    def __post_init__(self) -> None:
+        if self.token_file and not self.token:
+            try:
+                self.token = Path(self.token_file).read_text().strip()
+            except OSError as exc:
+                raise ValueError(f"milvus.token_file {self.token_file}: {exc.strerror}") from None
+        if self.auth and not self.token.startswith("root:"):
+            raise ValueError("milvus.auth needs milvus.token = 'root:<password>' (RECSYS_MILVUS_TOKEN "
+                             "or milvus.token_file)")
+        gpu = GPU_INDEXES.get(self.index_type.upper())
+        if gpu is not None:
+            _check_gpu_params(self.index_type.upper(), dict(self.index_params),
+                              dict(self.search_params), *gpu[:2])
 
 
 @dataclass
@@ -103,6 +160,13 @@ class TritonConfig:
     grpc_port: int = 8001
     metrics_port: int = 8002
     startup_timeout_s: float = 180.0
+    # Triton's administrative APIs (model repository and configuration, shared memory,
+    # statistics, trace, logging) answer only requests carrying the header
+    # `recsys-admin-key: <admin_key>`; inference, metadata and health stay open. Without a
+    # key (RECSYS_TRITON_ADMIN_KEY or admin_key_file) a random one is made per start and written
+    # to <workdir>/triton/admin-key (mode 0600).
+    admin_key: str = field(default="", repr=False)
+    admin_key_file: str = ""
 
 
 @dataclass
@@ -160,16 +224,100 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         return _to_plain(dataclasses.asdict(self))
 
+    def __post_init__(self) -> None:
+        _check_gpu_limits(self)
+
+
+def _positive_int(index_type: str, name: str, value: Any, low: int = 1, high: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high and value > high):
+        bounds = f"in [{low}, {high}]" if high else f">= {low}"
+        raise ValueError(f"milvus: {index_type} parameter {name} must be an integer {bounds}, got {value!r}")
+    return value
+
+
+def _check_gpu_params(index_type: str, index_params: dict, search_params: dict,
+                      build_keys: frozenset, search_keys: frozenset) -> None:
+    """Reject parameters a GPU index does not take (e.g. HNSW's ``M`` left over) and values
+    outside the ranges Milvus documents."""
+    for kind, given, known in (("index_params", index_params, build_keys),
+                               ("search_params", search_params, search_keys)):
+        unknown = sorted(set(given) - known)
+        if unknown:
+            raise ValueError(f"milvus.{kind} {unknown} are not {index_type} parameters "
+                             f"(it takes: {', '.join(sorted(known)) or 'none'})")
+    if index_type == "GPU_CAGRA":
+        inter = _positive_int(index_type, "intermediate_graph_degree",
+                              index_params.get("intermediate_graph_degree", 128))
+        graph = _positive_int(index_type, "graph_degree", index_params.get("graph_degree", 64))
+        if graph >= inter:
+            raise ValueError(f"milvus: GPU_CAGRA graph_degree ({graph}) must be smaller than "
+                             f"intermediate_graph_degree ({inter})")
+        algo = str(index_params.get("build_algo", "IVF_PQ")).upper()
+        if algo not in ("IVF_PQ", "NN_DESCENT"):
+            raise ValueError(f"milvus: GPU_CAGRA build_algo must be IVF_PQ or NN_DESCENT, got {algo!r}")
+        for name in ("itopk_size", "search_width"):
+            if name in search_params:
+                _positive_int(index_type, name, search_params[name])
+    elif index_type in ("GPU_IVF_PQ", "GPU_IVF_FLAT"):
+        nlist = _positive_int(index_type, "nlist", index_params.get("nlist", 128), 1, 65536)
+        if "nprobe" in search_params:
+            _positive_int(index_type, "nprobe", search_params["nprobe"], 1, nlist)
+        if index_type == "GPU_IVF_PQ":
+            _positive_int(index_type, "nbits", index_params.get("nbits", 8), 1, 16)
+            if "m" in index_params:
+                _positive_int(index_type, "m", index_params["m"])
+
+
+def _search_limit_cap(config: "Config") -> int:
+    """The largest limit QueryMilvus can send: retrieval_k plus the user's history (excluded
+    items), rounded up to a power of two, at most Milvus' own cap."""
+    needed = config.serving.retrieval_k + (config.training.max_history if config.serving.exclude_seen else 0)
+    return min(1 << max(needed - 1, 1).bit_length(), MILVUS_MAX_LIMIT)
+
+
+def _check_gpu_limits(config: "Config") -> None:
+    """The checks of a GPU index that involve other sections: top-k caps, the embedding size."""
+    index_type = config.milvus.index_type.upper()
+    if index_type not in GPU_INDEXES:
+        return
+    cap = GPU_INDEXES[index_type][2]
+    retrieval_k = config.serving.retrieval_k
+    if retrieval_k > cap:
+        raise ValueError(f"serving.retrieval_k = {retrieval_k} exceeds the top-k limit of "
+                         f"{index_type} ({cap}); lower it or use a CPU index type")
+    search = config.milvus.search_params
+    if index_type == "GPU_CAGRA" and "itopk_size" in search:
+        # Milvus: top-k <= max(ceil(itopk_size / 32), search_width) * 32, and itopk_size >= top-k.
+        itopk = int(search["itopk_size"])
+        if itopk < retrieval_k:
+            raise ValueError(f"milvus.search_params.itopk_size = {itopk} must be >= serving.retrieval_k "
+                             f"({retrieval_k}); leave it out to let Milvus size it to each search")
+    m = config.milvus.index_params.get("m")
+    if index_type == "GPU_IVF_PQ" and m and config.training.embedding_dim % int(m):
+        raise ValueError(f"milvus.index_params.m = {m} must divide training.embedding_dim "
+                         f"({config.training.embedding_dim})")
+    worst = _search_limit_cap(config)
+    if worst > cap:
+        LOG.warning("%s caps top-k at %d, but a user with %d history items makes retrieval search "
+                    "with limit %d (retrieval_k + history, rounded up to a power of two): such "
+                    "requests will fail; keep retrieval_k + training.max_history <= %d",
+                    index_type, cap, config.training.max_history, worst, cap)
+
 
 _ENV_OVERRIDES = {
     "RECSYS_WORKDIR": ("workdir",),
     "RECSYS_FEATURE_REPO": ("feature_repo",),
     "RECSYS_MILVUS_URI": ("milvus", "uri"),
     "RECSYS_MILVUS_TOKEN": ("milvus", "token"),
+    "RECSYS_MILVUS_TOKEN_FILE": ("milvus", "token_file"),
+    "RECSYS_TRITON_ADMIN_KEY": ("triton", "admin_key"),
     "RECSYS_MILVUS_COLLECTION": ("milvus", "collection"),
     "RECSYS_MILVUS_INDEX_TYPE": ("milvus", "index_type"),
+    "RECSYS_MILVUS_INDEX_PARAMS": ("milvus", "index_params"),  # JSON object
+    "RECSYS_MILVUS_SEARCH_PARAMS": ("milvus", "search_params"),  # JSON object
     "RECSYS_TRITON_HOST": ("triton", "host"),
 }
+_JSON_ENV = {"RECSYS_MILVUS_INDEX_PARAMS", "RECSYS_MILVUS_SEARCH_PARAMS"}
 
 
 def load_config(path: str | os.PathLike | None = None, overrides: dict[str, Any] | None = None,
@@ -184,15 +332,46 @@ def load_config(path: str | os.PathLike | None = None, overrides: dict[str, Any]
         with open(path, "rb") as handle:
             values = tomllib.load(handle)
     environ = os.environ if environ is None else environ
+    from_env: dict[str, Any] = {}
     for var, keys in _ENV_OVERRIDES.items():
         if environ.get(var):
-            _set_nested(values, keys, environ[var])
-    for key, value in (overrides or {}).items():
-        if isinstance(value, dict):
-            values.setdefault(key, {}).update(value)
-        else:
-            values[key] = value
+            _set_nested(from_env, keys, _json_object(var, environ[var]) if var in _JSON_ENV else environ[var])
+    for layer in (from_env, overrides or {}):
+        _drop_stale_index_params(values, layer)
+        for key, value in layer.items():
+            if isinstance(value, dict):
+                values.setdefault(key, {}).update(value)
+            else:
+                values[key] = value
+    milvus = values.get("milvus", {})
+    defaults = INDEX_DEFAULTS.get(str(milvus.get("index_type", "")).upper())
+    if defaults:
+        milvus.setdefault("index_params", dict(defaults[0]))
+        milvus.setdefault("search_params", dict(defaults[1]))
     return _build(Config, values)
+
+
+def _json_object(var: str, text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{var} must be a JSON object, e.g. '{{\"nprobe\": 32}}': {exc}") from exc
+    if not isinstance(value, dict):
+        raise ValueError(f"{var} must be a JSON object, got {text!r}")
+    return value
+
+
+def _drop_stale_index_params(values: dict, layer: dict) -> None:
+    """When a later layer changes the index type without giving its parameters, the earlier
+    layer's parameters (made for the other type) are dropped; the new type's defaults apply."""
+    new = (layer.get("milvus") or {}).get("index_type")
+    milvus = values.get("milvus")
+    if new is None or milvus is None:
+        return
+    if str(new).upper() != str(milvus.get("index_type", "HNSW")).upper():
+        for key in ("index_params", "search_params"):
+            if key not in layer["milvus"]:
+                milvus.pop(key, None)
 
 
 def _set_nested(values: dict, keys: tuple[str, ...], value: Any) -> None:
