@@ -5,7 +5,11 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test unit serve clean
+TOOLS ?= .venv-tools
+TOOLS_STAMP := $(TOOLS)/.installed
+PIP_QUIET := --quiet --disable-pip-version-check
+
+.PHONY: setup tools demo test unit serve clean
 
 setup: $(STAMP)
 
@@ -20,13 +24,32 @@ $(STAMP): env/lock.txt pyproject.toml
 	$(BIN)/python -c "import recsys.servers as s; s.prepare_triton_backends(__import__('pathlib').Path('$(VENV)/.triton-check'))"
 	touch $(STAMP)
 
+# Offline validators of docker/ and deploy/ (hadolint, yamllint, kubernetes-validate, and
+# docker-compose 1.29.2 for `config`), in virtualenvs of their own: their pins (PyYAML<6,
+# jsonschema<4 for docker-compose) would clash with the project's. tests/unit/test_deploy.py
+# runs them.
+tools: $(TOOLS_STAMP)
+
+$(TOOLS_STAMP): env/tools-lock.txt env/tools-compose-lock.txt
+	rm -rf $(TOOLS)
+	$(PYTHON) -m venv $(TOOLS)/lint
+	$(TOOLS)/lint/bin/pip install $(PIP_QUIET) --no-deps -r env/tools-lock.txt
+	$(PYTHON) -m venv $(TOOLS)/compose
+	$(TOOLS)/compose/bin/pip install $(PIP_QUIET) "pip<26.3" setuptools==69.5.1 wheel==0.43.0 Cython==0.29.37
+	$(TOOLS)/compose/bin/pip install $(PIP_QUIET) --no-deps --no-build-isolation -r env/tools-compose-lock.txt
+	$(TOOLS)/lint/bin/hadolint --version >/dev/null
+	$(TOOLS)/lint/bin/yamllint --version >/dev/null
+	$(TOOLS)/lint/bin/kubernetes-validate --version >/dev/null
+	$(TOOLS)/compose/bin/docker-compose version >/dev/null
+	touch $(TOOLS_STAMP)
+
 demo: setup
 	$(BIN)/recsys demo $(DEMO_ARGS)
 
-test: setup
+test: setup tools
 	$(BIN)/python -m pytest -ra $(PYTEST_ARGS)
 
-unit: setup
+unit: setup tools
 	$(BIN)/python -m pytest -ra -m "not integration" $(PYTEST_ARGS)
 
 serve: setup
