@@ -5,15 +5,14 @@
     recsys build                train + Feast + export (no servers)
     recsys serve                Milvus + Triton in the foreground until Ctrl-C / SIGTERM
     recsys recommend 17 42      ask a running server (``--grpc`` for gRPC)
+    recsys status               health of Triton, Milvus and Feast (non-zero exit if unhealthy)
     recsys train | features | index | export    single steps
 """
 from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
-import threading
 
 from recsys.config import Config, load_config
 
@@ -61,6 +60,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--reindex", action="store_true", help="rebuild the Milvus collection first")
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
 
+    status = sub.add_parser("status", help="health of Triton, Milvus and Feast (exit 1 if unhealthy)")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+
     recommend = sub.add_parser("recommend", help="query a running recommender")
     recommend.add_argument("user_ids", nargs="+", type=int)
     recommend.add_argument("--grpc", action="store_true", help="use gRPC instead of HTTP")
@@ -103,20 +105,23 @@ def _serve(config: Config, reindex: bool) -> None:
     stack.require_artifacts(config)
     if not (config.model_repository / config.serving.model_name).is_dir():
         stack.export(config)
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+    from recsys.servers import StopRequest
+
+    stop = StopRequest()
     with stack.local_stack(config, reindex=reindex) as (milvus, triton):
         print(f"Milvus  {config.milvus.endpoint}" + (f"  (pid {milvus.pid}, data {config.milvus_data_dir})" if milvus else ""))
         print(f"Triton  HTTP {triton.http_url}  gRPC {triton.grpc_url}  "
               f"metrics {triton.host}:{triton.metrics_port}  (pid {triton.pid})")
         print(f"model   {config.serving.model_name}  from {config.model_repository}")
+        key_source = ("RECSYS_TRITON_ADMIN_KEY / triton.admin_key" if config.triton.admin_key
+                      else config.triton.admin_key_file or config.workdir / "triton" / "admin-key")
+        print(f"admin   Triton's repository/config/statistics APIs need header recsys-admin-key "
+              f"(key: {key_source})")
         print("Ctrl-C to stop.", flush=True)
-        while not stop.is_set():
+        while not stop.sleep(0.5):
             if not triton.alive() or (milvus and not milvus.alive()):
                 print("a server exited; stopping", file=sys.stderr)
                 break
-            stop.wait(0.5)
     print("stopped Milvus and Triton", flush=True)
 
 
@@ -181,6 +186,12 @@ def main(argv: list[str] | None = None) -> int:
         config = _config(args)
         if args.command == "recommend":
             return _recommend(config, args)
+        if args.command == "status":
+            from recsys.status import render, status
+
+            checks = status(config)
+            print(render(checks, as_json=args.json))
+            return 0 if all(check.ok for check in checks) else 1
         from recsys import stack
 
         if args.command == "demo":

@@ -1,9 +1,14 @@
 """Run the embedded Milvus standalone server (PyPI ``milvus``) in the foreground.
 
-``python -m recsys.milvus_launcher --data DIR --port 19530`` starts it on 127.0.0.1, prints
-``READY <port>`` once its health check passes, and stops it (and its ``milvus`` child) on
-SIGINT/SIGTERM. Unlike ``milvus-server``, only the client port is fixed; the internal ports
-are picked free, so several instances (demo, tests) can run side by side.
+``python -m recsys.milvus_launcher --data DIR --port 19530`` starts it, prints ``READY <port>``
+once its health check passes, and stops it (and its ``milvus`` child) on SIGINT/SIGTERM.
+Unlike ``milvus-server``, only the client port is fixed; the internal ports are picked free, so
+several instances (demo, tests) can run side by side.
+
+With ``--private-network`` (what the project uses by default) Milvus runs in a network
+namespace of its own (:mod:`recsys.netns`): every port it opens exists only there, and the one
+client port is forwarded from ``--host:--port`` of the machine. Without it, Milvus 2.3 listens
+on every interface.
 """
 from __future__ import annotations
 
@@ -12,10 +17,9 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
-from recsys.servers import free_port
+from recsys.servers import StopRequest, free_port
 
 GRACEFUL_STOP_S = 10.0
 # A stopped (or killed) server's etcd sessions must expire before the next start completes.
@@ -42,8 +46,28 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data", required=True, help="data directory of this server")
     parser.add_argument("--port", type=int, default=19530, help="client (proxy) port")
-    parser.add_argument("--host", default="127.0.0.1", help="address its components advertise")
+    parser.add_argument("--host", default="127.0.0.1", help="address clients connect to")
+    parser.add_argument("--private-network", action="store_true",
+                        help="run Milvus in its own network namespace, reachable only at --host:--port")
+    parser.add_argument("--auth", action="store_true",
+                        help="enable Milvus authentication (user:password tokens)")
     args = parser.parse_args(argv)
+
+    bridge = None
+    if args.private_network:
+        from recsys.netns import Bridge, IsolationError, enter_private_network
+
+        # Bound before the move: this socket stays in the machine's namespace.
+        listener = socket.create_server((args.host, args.port))
+        try:
+            enter_private_network()
+        except IsolationError as exc:
+            print(f"milvus failed to start: {exc}", file=sys.stderr, flush=True)
+            return 1
+        bridge = Bridge(listener, args.port)
+        advertise = "127.0.0.1"
+    else:
+        advertise = args.host
 
     from milvus import MilvusServer, MilvusServerConfig
 
@@ -75,21 +99,23 @@ def main(argv: list[str] | None = None) -> int:
     server.set_base_dir(args.data)
     server.config.update(proxy_port=args.port)  # pinned: fail rather than drift to another port
     for component in _COMPONENTS:
-        server.config.set(f"{component}.ip", args.host)
+        server.config.set(f"{component}.ip", advertise)
+    if args.auth:
+        server.config.set("authorization_enabled", True)
     server.config.set("common.session.ttl", SESSION_TTL_S)
     _pin_embedded_etcd(server, etcd_config)
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+    stop = StopRequest()
     try:
         server.start()
     except (TimeoutError, RuntimeError) as exc:
         print(f"milvus failed to start: {exc}", file=sys.stderr, flush=True)
         server.stop()
         return 1
+    if bridge is not None:
+        bridge.start()
     print(f"READY {args.port}", flush=True)
-    while not stop.is_set() and server.server_proc.poll() is None:
-        stop.wait(0.2)
+    while server.server_proc.poll() is None and not stop.sleep(0.2):
+        pass
     code = server.server_proc.poll()
     if code is None:
         # A graceful stop releases Milvus' etcd sessions; otherwise the next start waits
@@ -99,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
             server.server_proc.wait(timeout=GRACEFUL_STOP_S)
         except subprocess.TimeoutExpired:
             pass
+    if bridge is not None:
+        bridge.stop()
     server.stop()
     return 0 if code in (None, 0) else 1
 

@@ -21,8 +21,35 @@ from pathlib import Path
 from recsys.config import Config
 
 
+MILVUS_DEFAULT_ROOT = "root:Milvus"  # what a new Milvus with authentication accepts
+TRITON_ADMIN_HEADER = "recsys-admin-key"
+TRITON_GRPC_ADMIN_HEADER = "triton-grpc-protocol-" + TRITON_ADMIN_HEADER  # Triton's gRPC prefix
+# Everything but inference, metadata and health needs the admin key.
+TRITON_RESTRICTED_APIS = "model-repository,model-config,shared-memory,statistics,trace,logging"
+
+
 class ServerError(RuntimeError):
     """A server did not start or stopped unexpectedly."""
+
+
+class StopRequest:
+    """Set by SIGINT / SIGTERM, polled by a foreground loop. A plain attribute on purpose: a
+    handler that takes a lock (``threading.Event.set`` does) deadlocks when the signal lands
+    while the main thread holds that lock inside ``Event.wait``."""
+
+    def __init__(self, signals=(signal.SIGINT, signal.SIGTERM)):
+        self.requested = False
+        for sig in signals:
+            signal.signal(sig, self._handle)
+
+    def _handle(self, *_) -> None:
+        self.requested = True
+
+    def sleep(self, seconds: float) -> bool:
+        """Sleep (a signal cuts it short) and tell whether a stop was requested."""
+        if not self.requested:
+            time.sleep(seconds)
+        return self.requested
 
 
 def free_port() -> int:
@@ -115,6 +142,9 @@ class MilvusProcess(ManagedProcess):
         data_dir = config.milvus_data_dir
         command = [sys.executable, "-m", "recsys.milvus_launcher", "--data", str(data_dir),
                    "--port", str(cfg.port), "--host", cfg.host]
+        command += ["--private-network"] if cfg.private_network else []
+        command += ["--auth"] if cfg.auth else []
+        self.token = cfg.token if cfg.auth else ""
         super().__init__("milvus", command, data_dir / "launcher.log")
 
     @property
@@ -126,11 +156,26 @@ class MilvusProcess(ManagedProcess):
         _wait_until(lambda: "READY" in self.tail(5) and self.serving(), timeout_s, self)
 
     def serving(self) -> bool:
-        """True once a client can connect and list collections (health alone is not enough)."""
+        """True once a client can connect and list collections (health alone is not enough).
+        With authentication, the first successful start replaces the default root password
+        with the configured one."""
+        if self._answers(self.token):
+            return True
+        if self.token and self._answers(MILVUS_DEFAULT_ROOT):
+            from pymilvus import MilvusClient
+
+            client = MilvusClient(uri=self.uri, token=MILVUS_DEFAULT_ROOT, timeout=5)
+            client.update_password("root", MILVUS_DEFAULT_ROOT.split(":", 1)[1],
+                                   self.token.split(":", 1)[1])
+            client.close()
+            return self._answers(self.token)
+        return False
+
+    def _answers(self, token: str) -> bool:
         from pymilvus import MilvusClient
 
         try:
-            client = MilvusClient(uri=self.uri, timeout=2)
+            client = MilvusClient(uri=self.uri, token=token, timeout=2)
             client.list_collections()
             client.close()
             return True
@@ -170,6 +215,7 @@ class TritonProcess(ManagedProcess):
         triton_root = _site_packages() / "pytriton" / "tritonserver"
         backends = prepare_triton_backends(config.workdir / "triton" / "backends")
         repository = model_repository or config.model_repository
+        self.admin_key = admin_key(config)
         command = [
             str(triton_root / "bin" / "tritonserver"),
             f"--model-repository={repository}",
@@ -178,14 +224,19 @@ class TritonProcess(ManagedProcess):
             f"--http-address={cfg.host}", f"--http-port={cfg.http_port}",
             f"--grpc-address={cfg.host}", f"--grpc-port={cfg.grpc_port}",
             f"--metrics-address={cfg.host}", f"--metrics-port={cfg.metrics_port}",
+            f"--http-restricted-api={TRITON_RESTRICTED_APIS}:{TRITON_ADMIN_HEADER}={self.admin_key}",
+            f"--grpc-restricted-protocol={TRITON_RESTRICTED_APIS}:{TRITON_ADMIN_HEADER}={self.admin_key}",
             "--allow-gpu-metrics=false",
             "--model-control-mode=none",
             "--exit-on-error=true",
             "--exit-timeout-secs=5",
             "--log-verbose=0",
         ]
+        env = triton_environment()
+        if config.milvus.token:
+            env["RECSYS_MILVUS_TOKEN"] = config.milvus.token
         super().__init__("tritonserver", command, config.workdir / "triton" / "tritonserver.log",
-                         env=triton_environment())
+                         env=env)
 
     @property
     def http_url(self) -> str:
@@ -206,6 +257,25 @@ class TritonProcess(ManagedProcess):
     def start(self) -> None:
         super().start()
         _wait_until(self.ready, self.startup_timeout_s, self)
+
+
+def admin_key(config: Config) -> str:
+    """The key of Triton's administrative APIs: configured, or made at random and written to
+    ``<workdir>/triton/admin-key`` (readable by the owner only)."""
+    cfg = config.triton
+    if cfg.admin_key:
+        return cfg.admin_key
+    if cfg.admin_key_file:
+        return Path(cfg.admin_key_file).read_text().strip()
+    import secrets
+
+    path = config.workdir / "triton" / "admin-key"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_urlsafe(24)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(key + "\n")
+    return key
 
 
 def triton_environment() -> dict[str, str]:

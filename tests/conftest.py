@@ -7,6 +7,7 @@ only the users file knows (cold users with features)."""
 from __future__ import annotations
 
 import json
+import secrets
 import shutil
 from pathlib import Path
 
@@ -79,7 +80,12 @@ def trained_config(tmp_path_factory) -> Config:
     """A tiny data set, trained end to end (under a minute on 2 cores)."""
     from training import pipeline
 
-    config = make_config(tmp_path_factory.mktemp("recsys"))
+    root = tmp_path_factory.mktemp("recsys")
+    # The serving stack runs with Milvus authentication on, the token read from a file.
+    token_file = root / "milvus-token"
+    token_file.write_text(f"root:{secrets.token_urlsafe(16)}\n")
+    token_file.chmod(0o600)
+    config = make_config(root, milvus={"auth": True, "token_file": str(token_file)})
     pipeline.run(config)
     return config
 
@@ -93,3 +99,28 @@ def serving_stack(trained_config):
     stack.export(trained_config)
     with stack.local_stack(trained_config, reindex=True) as (milvus, triton):
         yield trained_config, milvus, triton
+
+
+@pytest.fixture(scope="session")
+def clients(serving_stack):
+    """HTTP and gRPC clients of the served ``recommender``."""
+    from recsys.client import RecommenderClient
+
+    _, _, triton = serving_stack
+    made = {"http": RecommenderClient(triton.http_url, "http"),
+            "grpc": RecommenderClient(triton.grpc_url, "grpc")}
+    yield made
+    for client in made.values():
+        client.close()
+
+
+@pytest.fixture(scope="session")
+def catalogue(serving_stack):
+    """Known user ids, the set of item ids, and the popular items, all raw ids."""
+    from training.pipeline import Artifacts
+
+    artifacts = Artifacts.of(serving_stack[0])
+    users = pd.read_parquet(artifacts.users)["user_id"].to_numpy()
+    items = set(pd.read_parquet(artifacts.items)["item_id"].tolist())
+    popular = pd.read_parquet(artifacts.popular_items)["item_id"].to_numpy()
+    return users, items, popular

@@ -7,21 +7,10 @@ import pandas as pd
 import pytest
 import tensorflow as tf
 
-from recsys.client import RecommenderClient
 from training import workflows as wf
 from training.pipeline import Artifacts
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def clients(serving_stack):
-    _, _, triton = serving_stack
-    made = {"http": RecommenderClient(triton.http_url, "http"),
-            "grpc": RecommenderClient(triton.grpc_url, "grpc")}
-    yield made
-    for client in made.values():
-        client.close()
 
 
 @pytest.fixture(scope="module")

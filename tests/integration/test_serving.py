@@ -8,33 +8,11 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 
-from recsys.client import RecommendError, RecommenderClient
-from training.pipeline import Artifacts
+from recsys.client import RecommendError
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def clients(serving_stack):
-    config, _, triton = serving_stack
-    made = {"http": RecommenderClient(triton.http_url, "http"),
-            "grpc": RecommenderClient(triton.grpc_url, "grpc")}
-    yield made
-    for client in made.values():
-        client.close()
-
-
-@pytest.fixture(scope="module")
-def catalogue(serving_stack):
-    config = serving_stack[0]
-    artifacts = Artifacts.of(config)
-    users = pd.read_parquet(artifacts.users)["user_id"].to_numpy()
-    items = set(pd.read_parquet(artifacts.items)["item_id"].tolist())
-    popular = pd.read_parquet(artifacts.popular_items)["item_id"].to_numpy()
-    return users, items, popular
 
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
@@ -147,18 +125,6 @@ def test_cli_recommend_against_running_server(serving_stack, catalogue):
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "cannot reach Triton" in result.stderr
     assert "Traceback" not in result.stderr
-
-
-def test_servers_listen_on_loopback_only(serving_stack):
-    _, milvus, triton = serving_stack
-    result = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True)
-    if result.returncode != 0:
-        pytest.skip("ss not available")
-    triton_lines = [line for line in result.stdout.splitlines() if f"pid={triton.pid}," in line]
-    assert triton_lines
-    for line in triton_lines:
-        address = line.split()[3]
-        assert address.startswith(("127.0.0.1:", "[::ffff:127.0.0.1]:")), line
 
 
 def test_milvus_down_fails_fast_with_clear_error_then_recovers(clients, catalogue, serving_stack):

@@ -17,3 +17,27 @@ def test_defaults_env_and_overrides(tmp_path):
 def test_unknown_keys_are_rejected(tmp_path):
     with pytest.raises(ValueError, match="unknown configuration key 'topk'"):
         load_config(base={"serving": {"topk": 3}}, environ={})
+
+
+def test_milvus_token_from_file_hidden_from_repr(tmp_path):
+    token_file = tmp_path / "token"
+    token_file.write_text("root:s3cret-value\n")
+    config = load_config(base={"milvus": {"token_file": str(token_file), "auth": True}}, environ={})
+    assert config.milvus.token == "root:s3cret-value"
+    assert "s3cret-value" not in repr(config)
+    from_env = load_config(base={}, environ={"RECSYS_MILVUS_TOKEN_FILE": str(token_file)})
+    assert from_env.milvus.token == "root:s3cret-value"
+
+
+def test_milvus_auth_needs_a_root_token(tmp_path):
+    with pytest.raises(ValueError, match="milvus.auth needs milvus.token"):
+        load_config(base={"milvus": {"auth": True}}, environ={})
+    with pytest.raises(ValueError, match="milvus.token_file .*missing"):
+        load_config(base={"milvus": {"token_file": str(tmp_path / "missing")}}, environ={})
+
+
+def test_locked_down_defaults():
+    config = load_config(base={}, environ={})
+    assert config.milvus.host == "127.0.0.1" and config.triton.host == "127.0.0.1"
+    assert config.milvus.private_network
+    assert "hunter2" not in repr(load_config(base={}, environ={"RECSYS_TRITON_ADMIN_KEY": "hunter2"}))

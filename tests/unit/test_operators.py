@@ -1,6 +1,5 @@
 """Operators on small in-memory data (the integration tests run them inside Triton)."""
 import numpy as np
-import pandas as pd
 import pytest
 from merlin.table import TensorTable
 

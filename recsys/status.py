@@ -1,0 +1,119 @@
+"""``recsys status``: is every part of the serving stack healthy?
+
+Triton (live, ready, and ready per model of the exported repository), Milvus (reachable,
+collection present and loaded, row count) and Feast (registry readable, last materialization
+per feature view). Each check is one :class:`Check`; the command exits non-zero if any fails.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+
+from recsys.config import Config
+
+
+@dataclass
+class Check:
+    """One health fact: which component, what was checked, whether it is fine, and detail."""
+
+    component: str
+    name: str
+    ok: bool
+    detail: str = ""
+
+
+def _http_status(url: str, timeout_s: float) -> tuple[bool, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:
+            return response.status == 200, f"HTTP {response.status}"
+    except urllib.error.HTTPError as exc:
+        return False, f"HTTP {exc.code}"
+    except OSError as exc:
+        return False, f"unreachable ({getattr(exc, 'reason', exc)})"
+
+
+def triton_checks(config: Config, timeout_s: float = 3.0) -> list[Check]:
+    """Server live/ready, then every model of the exported repository ready."""
+    base = f"http://{config.triton.host}:{config.triton.http_port}"
+    checks = []
+    for what in ("live", "ready"):
+        ok, detail = _http_status(f"{base}/v2/health/{what}", timeout_s)
+        checks.append(Check("triton", what, ok, f"{base}: {detail}"))
+    if not checks[0].ok:
+        return checks
+    repository = config.model_repository
+    models = sorted(p.name for p in repository.glob("*") if (p / "config.pbtxt").is_file()) \
+        if repository.is_dir() else [config.serving.model_name]
+    for model in models:
+        ok, detail = _http_status(f"{base}/v2/models/{model}/ready", timeout_s)
+        checks.append(Check("triton", f"model {model} ready", ok, detail))
+    return checks
+
+
+def milvus_checks(config: Config, timeout_s: float = 3.0) -> list[Check]:
+    """Reachable, collection exists and is loaded, with its row count."""
+    from operators.milvus import MilvusUnavailable, connect
+
+    cfg = config.milvus
+    import pymilvus.milvus_client._utils  # noqa: F401 - its loggers exist once imported
+
+    for name in [n for n in logging.root.manager.loggerDict if n.startswith("pymilvus")]:
+        logging.getLogger(name).setLevel(logging.CRITICAL)  # its error lines duplicate ours
+    try:
+        client = connect(cfg, timeout_s)
+        collections = client.list_collections()
+    except (MilvusUnavailable, Exception) as exc:  # noqa: B014 - pymilvus raises many types
+        return [Check("milvus", "reachable", False, f"{cfg.endpoint}: {' '.join(str(exc).split())[:200]}")]
+    checks = [Check("milvus", "reachable", True, cfg.endpoint)]
+    if cfg.collection not in collections:
+        checks.append(Check("milvus", f"collection {cfg.collection}", False, "missing (run `recsys index`)"))
+        client.close()
+        return checks
+    state = str(client.get_load_state(cfg.collection).get("state", "")).rsplit(".", 1)[-1]
+    rows = int(client.get_collection_stats(cfg.collection).get("row_count", 0))
+    checks.append(Check("milvus", f"collection {cfg.collection} loaded", state == "Loaded", state))
+    checks.append(Check("milvus", f"collection {cfg.collection} rows", rows > 0, f"{rows:,} item vectors"))
+    client.close()
+    return checks
+
+
+def feast_checks(config: Config) -> list[Check]:
+    """Registry readable, and per feature view the end of its last materialization."""
+    try:
+        from feast import FeatureStore
+
+        store = FeatureStore(repo_path=str(config.feature_repo))
+        views = store.list_feature_views()
+    except Exception as exc:
+        return [Check("feast", "registry", False, f"{config.feature_repo}: {' '.join(str(exc).split())[:200]}")]
+    checks = [Check("feast", "registry", bool(views), f"{len(views)} feature views")]
+    for view in sorted(views, key=lambda v: v.name):
+        end = view.most_recent_end_time
+        if end is None:
+            checks.append(Check("feast", f"view {view.name} materialized", False, "never materialized"))
+            continue
+        end = end if end.tzinfo else end.replace(tzinfo=timezone.utc)
+        age = datetime.now(timezone.utc) - end
+        checks.append(Check("feast", f"view {view.name} materialized", True,
+                            f"up to {end:%Y-%m-%d %H:%M:%S} UTC ({age.total_seconds() / 3600:.1f} h ago)"))
+    return checks
+
+
+def status(config: Config) -> list[Check]:
+    """Every check, Triton, Milvus, Feast."""
+    return triton_checks(config) + milvus_checks(config) + feast_checks(config)
+
+
+def render(checks: list[Check], as_json: bool = False) -> str:
+    if as_json:
+        return json.dumps({"healthy": all(c.ok for c in checks), "checks": [asdict(c) for c in checks]},
+                          indent=2)
+    width = max(len(f"{c.component} {c.name}") for c in checks)
+    lines = [f"{'ok ' if c.ok else 'BAD'}  {(c.component + ' ' + c.name).ljust(width)}  {c.detail}"
+             for c in checks]
+    lines.append("healthy" if all(c.ok for c in checks) else "UNHEALTHY")
+    return "\n".join(lines)
