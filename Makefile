@@ -15,11 +15,15 @@ setup: $(STAMP)
 
 # Everything is pinned (env/lock.txt is a full freeze of a working environment) and installed
 # without dependency resolution, so a clean machine gets exactly what was tested.
-$(STAMP): env/lock.txt pyproject.toml
+# env/protobuf-python.pth selects protobuf's pure-Python implementation in every process of the
+# venv (the Merlin stack selects it on import anyway): with the upb one, `feast apply` on a new
+# repository crashes (segfault deep-copying the registry's empty infra message).
+$(STAMP): env/lock.txt pyproject.toml env/protobuf-python.pth
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check "pip<26.3" "setuptools<70" wheel
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -r env/lock.txt
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	cp env/protobuf-python.pth "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/"
 	$(BIN)/python -c "import merlin.systems, nvtabular, merlin.models.tf, feast, pymilvus, tritonclient.grpc, milvus" 2>/dev/null
 	$(BIN)/python -c "import recsys.servers as s; s.prepare_triton_backends(__import__('pathlib').Path('$(VENV)/.triton-check'))"
 	touch $(STAMP)

@@ -23,10 +23,15 @@ class Recommender:
     """The loaded cascade of one exported ensemble directory."""
 
     def __init__(self, ensemble: Ensemble, max_batch_users: int):
+        from operators.feast_lookup import QueryFeatures
+
         self.ensemble = ensemble
         self.max_batch_users = max_batch_users
         self.executor = ServingExecutor()
         self.runtime = Runtime(executor=self.executor)
+        self._feature_lookups = [node.op for node in postorder_iter_nodes(ensemble.graph.output_node,
+                                                                          flatten_subgraphs=True)
+                                 if isinstance(node.op, QueryFeatures)]
 
     @classmethod
     def load(cls, ensemble_dir: str | Path) -> "Recommender":
@@ -58,6 +63,14 @@ class Recommender:
         request = TensorTable({"user_id": self.validate(user_ids)})
         result = self.ensemble.transform(request, runtime=self.runtime)
         return {name: np.asarray(result[name].values) for name in OUTPUTS}
+
+    @property
+    def feature_store_failures(self) -> dict[str, int]:
+        """Per feature view, ids served as missing rows because Feast could not be read."""
+        totals: dict[str, int] = {}
+        for op in self._feature_lookups:
+            totals[op.feature_view] = totals.get(op.feature_view, 0) + op.failures
+        return totals
 
     @property
     def last_timings(self) -> dict[str, float]:

@@ -3,7 +3,9 @@
 One request = a batch of raw user ids; the whole cascade runs in this process
 (:class:`ensemble.runner.Recommender`). Mistakes of the caller come back as a clear error
 for that request; failures of a dependency (Milvus, Feast) come back as an error naming the
-dependency; the model keeps serving in both cases. Per-stage time is exported as Triton
+dependency; the model keeps serving in both cases. An unreadable Feast online store is not an
+error: those users take the cold-start path and items get default features, counted in
+``recsys_feature_store_failures_total{feature_view=...}``. Per-stage time is exported as Triton
 custom metrics (``recsys_stage_seconds_total{stage=...}``) on the metrics port.
 """
 import logging
@@ -32,6 +34,13 @@ class TritonPythonModel:
         self.outcomes = pb_utils.MetricFamily(
             name="recsys_requests_total", description="Requests by outcome",
             kind=pb_utils.MetricFamily.COUNTER)
+        self.feature_failures = pb_utils.MetricFamily(
+            name="recsys_feature_store_failures_total",
+            description="Ids served as missing rows (cold start / default features) because the "
+                        "Feast online store could not be read",
+            kind=pb_utils.MetricFamily.COUNTER)
+        self._failure_metrics = {}
+        self._failures_seen = {}
         self._stage_metrics = {}
         self._outcome_metrics = {o: self.outcomes.Metric(labels={"outcome": o})
                                  for o in ("ok", "bad_request", "dependency_error", "fallback_users")}
@@ -66,6 +75,15 @@ class TritonPythonModel:
 
     def _record(self, result):
         self._outcome_metrics["ok"].increment(1)
+        for view, total in self.recommender.feature_store_failures.items():
+            new = total - self._failures_seen.get(view, 0)
+            if new:
+                metric = self._failure_metrics.get(view)
+                if metric is None:
+                    metric = self._failure_metrics[view] = self.feature_failures.Metric(
+                        labels={"feature_view": view})
+                metric.increment(new)
+                self._failures_seen[view] = total
         self._outcome_metrics["fallback_users"].increment(int(result["fallback"].sum()))
         for stage, seconds in self.recommender.last_timings.items():
             metric = self._stage_metrics.get(stage)

@@ -12,9 +12,15 @@ its entry is older than ``cache_ttl_s`` it is still served, and re-read from Fea
 background thread (so values are at most about ``cache_ttl_s`` stale and requests do not stall
 on refreshes). Ids Feast does not know are cached as missing too. ``cache_ttl_s = 0`` reads
 Feast on every request.
+
+When the online store cannot be read, ``on_failure="missing"`` (the default) serves the ids it
+could not read as missing rows - the cold-start path for users, default features for items -
+without caching them, counts them in :attr:`QueryFeatures.failures` and logs a warning (at most
+one per ``WARN_EVERY_S``); ``on_failure="error"`` fails the request instead.
 """
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from typing import Dict
@@ -25,6 +31,9 @@ from merlin.schema import ColumnSchema, Schema
 from merlin.table import TensorTable
 
 from operators.settings import serving_config
+
+LOG = logging.getLogger(__name__)
+WARN_EVERY_S = 10.0
 
 
 class FeatureStoreUnavailable(RuntimeError):
@@ -45,12 +54,20 @@ class QueryFeatures(BaseOperator):
     cache_ttl_s, cache_max_entries : the read-through cache (see the module docstring).
     warm_ids : ids whose features are read into the cache at model start (e.g. the catalogue),
         so that the first requests do not pay for cold lookups.
+    on_failure : ``"missing"`` (serve unreadable ids as missing rows, counted and logged) or
+        ``"error"`` (raise :class:`FeatureStoreUnavailable`).
     """
 
     def __init__(self, feature_view: str, join_key: str, features: Dict[str, str],
                  entity_column: str | None = None, found_column: str | None = None,
-                 cache_ttl_s: float = 60.0, cache_max_entries: int = 200_000, warm_ids=None):
+                 cache_ttl_s: float = 60.0, cache_max_entries: int = 200_000, warm_ids=None,
+                 on_failure: str = "missing"):
         super().__init__()
+        if on_failure not in ("missing", "error"):
+            raise ValueError(f"on_failure must be 'missing' or 'error', got {on_failure!r}")
+        self.on_failure = on_failure
+        self.failures = 0  # ids served as missing because the store could not be read
+        self._last_warning = float("-inf")
         self.feature_view = feature_view
         self.join_key = join_key
         self.features = dict(features)
@@ -87,6 +104,7 @@ class QueryFeatures(BaseOperator):
         return {**self.__dict__, "_store": None, "_cache": {}, "_feast_lock": None, "_refreshing": False}
 
     def __setstate__(self, state: dict) -> None:
+        state = {"on_failure": "missing", "failures": 0, "_last_warning": float("-inf"), **state}
         self.__dict__.update(state)
         self._cache, self._feast_lock, self._refreshing = {}, threading.Lock(), False
 
@@ -107,19 +125,41 @@ class QueryFeatures(BaseOperator):
         """One tuple of feature values per id (``None`` where Feast has no row)."""
         cache = self._cache
         if self.cache_ttl_s <= 0:
-            return self._fetch(ids)
+            return self._fetch_or_missing(ids)
         missing = list({i for i in ids if i not in cache})
+        unread: dict = {}
         if missing:
             if len(cache) + len(missing) > self.cache_max_entries:
                 cache.clear()
-            self._store_rows(missing, self._fetch(missing))
-        rows = [cache[i][1] for i in ids]
+            try:
+                self._store_rows(missing, self._fetch(missing))
+            except FeatureStoreUnavailable as exc:
+                self._degrade(exc, len(missing))
+                unread = dict.fromkeys(missing)
+        rows = [unread[i] if i in unread else cache[i][1] for i in ids]
         now = time.monotonic()
-        stale = [i for i in set(ids) if cache[i][0] < now]
+        stale = [i for i in set(ids) if i not in unread and cache[i][0] < now]
         if stale and not self._refreshing:
             self._refreshing = True
             threading.Thread(target=self._refresh, args=(stale,), daemon=True).start()
         return rows
+
+    def _fetch_or_missing(self, ids: list) -> list:
+        try:
+            return self._fetch(ids)
+        except FeatureStoreUnavailable as exc:
+            self._degrade(exc, len(ids))
+            return [None] * len(ids)
+
+    def _degrade(self, exc: FeatureStoreUnavailable, count: int) -> None:
+        """Count ``count`` ids served as missing (or re-raise with ``on_failure="error"``)."""
+        if self.on_failure == "error":
+            raise exc
+        self.failures += count
+        now = time.monotonic()
+        if now - self._last_warning >= WARN_EVERY_S:
+            self._last_warning = now
+            LOG.warning("%s; serving %d ids as missing rows (%d so far)", exc, count, self.failures)
 
     def _store_rows(self, ids: list, rows: list) -> None:
         expires = time.monotonic() + self.cache_ttl_s

@@ -6,6 +6,7 @@ encoded id. Scores are inner products, exactly what the Two-Tower model was trai
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -34,6 +35,23 @@ def rpc_timeout(seconds: float) -> int:
     """pymilvus bounds its retries by ``timeout`` only when it is an ``int``; a float timeout
     silently falls back to 75 retries (minutes against a stopped server)."""
     return max(1, int(math.ceil(seconds)))
+
+
+@contextlib.contextmanager
+def quiet_pymilvus():
+    """Silence pymilvus' own error log lines (for probes whose failure is expected or reported
+    by us in a clearer message)."""
+    import pymilvus.milvus_client._utils  # noqa: F401 - its loggers exist once imported
+
+    loggers = [logging.getLogger(n) for n in list(logging.root.manager.loggerDict) if n.startswith("pymilvus")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
 
 
 def connect(cfg: MilvusConfig, timeout_s: float | None = None):

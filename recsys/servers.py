@@ -174,10 +174,13 @@ class MilvusProcess(ManagedProcess):
     def _answers(self, token: str) -> bool:
         from pymilvus import MilvusClient
 
+        from operators.milvus import quiet_pymilvus
+
         try:
-            client = MilvusClient(uri=self.uri, token=token, timeout=2)
-            client.list_collections()
-            client.close()
+            with quiet_pymilvus():
+                client = MilvusClient(uri=self.uri, token=token, timeout=2)
+                client.list_collections()
+                client.close()
             return True
         except Exception:
             return False

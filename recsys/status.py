@@ -7,7 +7,6 @@ per feature view). Each check is one :class:`Check`; the command exits non-zero 
 from __future__ import annotations
 
 import json
-import logging
 import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass
@@ -56,16 +55,13 @@ def triton_checks(config: Config, timeout_s: float = 3.0) -> list[Check]:
 
 def milvus_checks(config: Config, timeout_s: float = 3.0) -> list[Check]:
     """Reachable, collection exists and is loaded, with its row count."""
-    from operators.milvus import MilvusUnavailable, connect
+    from operators.milvus import MilvusUnavailable, connect, quiet_pymilvus
 
     cfg = config.milvus
-    import pymilvus.milvus_client._utils  # noqa: F401 - its loggers exist once imported
-
-    for name in [n for n in logging.root.manager.loggerDict if n.startswith("pymilvus")]:
-        logging.getLogger(name).setLevel(logging.CRITICAL)  # its error lines duplicate ours
     try:
-        client = connect(cfg, timeout_s)
-        collections = client.list_collections()
+        with quiet_pymilvus():  # its error lines duplicate ours
+            client = connect(cfg, timeout_s)
+            collections = client.list_collections()
     except (MilvusUnavailable, Exception) as exc:  # noqa: B014 - pymilvus raises many types
         return [Check("milvus", "reachable", False, f"{cfg.endpoint}: {' '.join(str(exc).split())[:200]}")]
     checks = [Check("milvus", "reachable", True, cfg.endpoint)]

@@ -246,7 +246,33 @@ def test_feature_lookup_failure_is_reported_as_unavailable():
         def get_online_features(self, **_):
             raise OSError("database is locked")
 
-    op = QueryFeatures("user_features", "user_id", {"user_activity": "string"})
+    op = QueryFeatures("user_features", "user_id", {"user_activity": "string"}, on_failure="error")
     op._store = _Broken()
     with pytest.raises(FeatureStoreUnavailable, match="user_features failed: database is locked"):
         op.transform(None, TensorTable({"user_id": np.array([1], dtype=np.int64)}))
+
+
+@pytest.mark.parametrize("cache_ttl_s", [60.0, 0.0])
+def test_unreadable_store_serves_missing_rows_counts_logs_and_recovers(cache_ttl_s, caplog):
+    from operators.feast_lookup import QueryFeatures
+
+    op = QueryFeatures("item_features", "item_id", {"item_category": "string"},
+                       found_column="found", cache_ttl_s=cache_ttl_s)
+    healthy = _FakeOnlineStore({1: "a", 2: "b"})
+
+    class _Broken:
+        def get_online_features(self, **_):
+            raise OSError("no such table: recsys_item_features")
+
+    op._store = _Broken()
+    table = TensorTable({"item_id": np.array([1, 2, 1], dtype=np.int64)})
+    with caplog.at_level("WARNING"):
+        out = op.transform(None, table)
+        op.transform(None, table)
+    assert out["found"].values.tolist() == [False, False, False]
+    assert out["item_category"].values.tolist() == ["", "", ""]
+    assert op.failures == (4 if cache_ttl_s else 6)  # distinct ids per request when cached
+    warnings = [r for r in caplog.records if "item_features failed" in r.getMessage()]
+    assert len(warnings) == 1  # rate-limited
+    op._store = healthy  # readable again: nothing was cached as missing
+    assert op.transform(None, table)["item_category"].values.tolist() == ["a", "b", "a"]
