@@ -67,6 +67,11 @@ def _parser() -> argparse.ArgumentParser:
     recommend.add_argument("user_ids", nargs="+", type=int)
     recommend.add_argument("--grpc", action="store_true", help="use gRPC instead of HTTP")
     recommend.add_argument("--url", help="host:port (default: the configured Triton address)")
+    for command in sub.choices.values():  # the common options are also accepted after the command
+        command.add_argument("--config", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        command.add_argument("--workdir", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        command.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                             help=argparse.SUPPRESS)
     return parser
 
 
@@ -151,6 +156,12 @@ def _evaluate(config: Config, args) -> None:
     from recsys import stack
     from recsys.evaluation import evaluate
 
+    data_options = [option for option in ("data", "interactions", "users", "items_file", "schema",
+                                          "test_interactions", "split", "max_users", "sessions", "items")
+                    if getattr(args, option, None) is not None]
+    if args.no_train and data_options:
+        raise ValueError(f"--no-train evaluates the existing artifacts; the data options "
+                         f"{['--' + o.replace('_', '-') for o in data_options]} would be ignored")
     if not args.no_train:
         stack.train(config)
     stack.require_artifacts(config)
@@ -210,8 +221,10 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "features":
             stack.load_features(config)
         elif args.command == "index":
+            stack.require_artifacts(config)
             print(f"{stack.build_index(config)} item vectors in {config.milvus.collection}")
         elif args.command == "export":
+            stack.require_artifacts(config)
             print(stack.export(config))
         elif args.command == "serve":
             _serve(config, args.reindex)

@@ -129,6 +129,10 @@ def cascade(ensemble_dir: Path, user_ids: np.ndarray, batch: int = 256) -> tuple
         answer = recommender.recommend(user_ids[start:start + batch])
         out.append(answer["item_ids"])
         sources += list(answer["source"])
+    failures = {view: n for view, n in recommender.feature_store_failures.items() if n}
+    if failures:  # serving degrades gracefully; an evaluation must not measure the degraded path
+        raise RuntimeError(f"the Feast online store could not be read during the evaluation "
+                           f"(ids per feature view: {failures}); run `recsys features` and retry")
     return np.concatenate(out), pd.Series(sources).value_counts().to_dict()
 
 

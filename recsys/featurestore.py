@@ -28,6 +28,55 @@ def apply_and_materialize(config: Config, end: datetime | None = None) -> str:
     if not (repo / "feature_store.yaml").is_file():
         raise FeastJobError(f"no feature_store.yaml in {repo}")
     end = end or datetime.now(timezone.utc)
+    stamp = end.strftime("%Y-%m-%dT%H:%M:%S")
     out = _feast(repo, "apply")
-    out += _feast(repo, "materialize-incremental", end.strftime("%Y-%m-%dT%H:%M:%S"))
+    out += _feast(repo, "materialize-incremental", stamp)
+    unread = views_not_online(repo)
+    if unread:
+        out += reload_online_store(repo, end)
+        unread = views_not_online(repo)
+        if unread:
+            raise FeastJobError(f"feature views {unread} are still not readable online in {repo}")
     return out
+
+
+def reload_online_store(repo: Path, end: datetime) -> str:
+    """Recreate the online store's tables and load every view's whole history.
+
+    For a registry that says "materialized" while the online store lacks the tables or rows
+    (its file was deleted, or the store was switched to another one and back): ``feast apply``
+    sees no infrastructure change and ``materialize-incremental`` nothing left to load."""
+    from feast import FeatureStore
+
+    store = FeatureStore(repo_path=str(repo))
+    views = store.list_feature_views()
+    # Feast has no public call for "create the online tables again"; its provider's
+    # update_infra is what `feast apply` runs, and creating tables is idempotent.
+    store._get_provider().update_infra(project=store.project, tables_to_delete=[], tables_to_keep=views,
+                                       entities_to_delete=[], entities_to_keep=store.list_entities(),
+                                       partial=False)
+    store.materialize(datetime(1970, 1, 1, tzinfo=timezone.utc), end, [v.name for v in views])
+    return f"reloaded the online store for {[v.name for v in views]}\n"
+
+
+def views_not_online(repo: Path) -> list[str]:
+    """Feature views whose first offline row cannot be read back from the online store."""
+    import pandas as pd
+    from feast import FeatureStore
+
+    store = FeatureStore(repo_path=str(repo))
+    unread = []
+    for view in store.list_feature_views():
+        rows = pd.read_parquet(view.batch_source.path)
+        if rows.empty or not view.features:
+            continue
+        key = view.entity_columns[0].name
+        try:
+            found = store.get_online_features(features=[f"{view.name}:{f.name}" for f in view.features],
+                                              entity_rows=[{key: rows[key].iloc[0].item()}]).to_dict()
+        except Exception:
+            unread.append(view.name)
+            continue
+        if all(values[0] is None for name, values in found.items() if name != key):
+            unread.append(view.name)
+    return unread

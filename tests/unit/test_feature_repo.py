@@ -25,3 +25,32 @@ def test_feast_apply_by_hand_in_a_new_repository(tmp_path):
                             env=env, timeout=300)
     assert result.returncode == 0, (result.returncode, result.stderr[-2000:])
     assert "user_features" in result.stdout and (repo / "data" / "registry.db").is_file()
+
+
+def test_load_features_repairs_an_online_store_that_lost_its_tables(tmp_path):
+    from datetime import datetime, timezone
+
+    import pandas as pd
+
+    from recsys.config import load_config
+    from recsys.featurestore import apply_and_materialize, views_not_online
+
+    repo = tmp_path / "feature_repo"
+    (repo / "data").mkdir(parents=True)
+    for name in ("feature_store.yaml", "definitions.py"):
+        shutil.copy(PROJECT_ROOT / "feature_repo" / name, repo / name)
+    (repo / "data" / "features.json").write_text(json.dumps({
+        "user_features": {"age": "float32"}, "item_features": {"release_year": "string"}}))
+    stamp = pd.Timestamp("2026-01-01", tz="UTC")
+    pd.DataFrame({"user_id": [1, 2], "age": [20.0, 30.0], "event_timestamp": [stamp] * 2}).to_parquet(
+        repo / "data" / "user_features.parquet")
+    pd.DataFrame({"item_id": [7], "release_year": ["1999"], "event_timestamp": [stamp]}).to_parquet(
+        repo / "data" / "item_features.parquet")
+    config = load_config(base={"feature_repo": str(repo)}, environ={})
+    apply_and_materialize(config, end=datetime(2026, 6, 1, tzinfo=timezone.utc))
+    assert views_not_online(repo) == []
+    (repo / "data" / "online_store.db").unlink()  # the registry still says "materialized"
+    assert sorted(views_not_online(repo)) == ["item_features", "user_features"]
+    out = apply_and_materialize(config, end=datetime(2026, 6, 2, tzinfo=timezone.utc))
+    assert "reloaded the online store" in out
+    assert views_not_online(repo) == []

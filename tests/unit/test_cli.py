@@ -1,0 +1,26 @@
+"""User mistakes on the command line get one clear line and a non-zero exit, no traceback."""
+from __future__ import annotations
+
+import pytest
+
+from recsys.cli import main
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--config", "{tmp}/missing.toml", "status"], "missing.toml"),
+    (["index", "--workdir", "{tmp}/empty"], "no trained artifacts in"),
+    (["--workdir", "{tmp}/empty", "export"], "no trained artifacts in"),
+    (["evaluate", "--no-train", "--interactions", "x.csv", "--workdir", "{tmp}/empty"],
+     "--no-train evaluates the existing artifacts"),
+    (["train", "--interactions", "{tmp}/missing.csv", "--workdir", "{tmp}/empty"], "file not found"),
+])
+def test_mistakes_are_reported_in_one_line(argv, message, tmp_path, capsys):
+    code = main([a.replace("{tmp}", str(tmp_path)) for a in argv])
+    err = capsys.readouterr().err
+    assert code == 1 and message in err and "Traceback" not in err, err
+
+
+def test_argument_errors_exit_2_with_usage(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["recommend", "abc"])
+    assert exit_.value.code == 2 and "invalid int value" in capsys.readouterr().err
