@@ -85,35 +85,77 @@ def search_params(cfg: MilvusConfig, limit: int) -> dict:
 
 def build_item_index(cfg: MilvusConfig, item_ids: np.ndarray, vectors: np.ndarray,
                      categories: np.ndarray | None = None) -> int:
-    """(Re)create the collection ``cfg.collection`` with the item vectors, inserted in chunks,
-    build the configured index with the IP metric and load it. Returns the row count."""
+    """Build a new collection with the item vectors (inserted in chunks, the configured index
+    with the IP metric, loaded), then point the alias ``cfg.collection`` - the name serving
+    searches - at it and drop the collection it pointed at before. Serving never sees a
+    half-built index: until the switch it searches the previous collection. Returns the row
+    count."""
+    client = connect(cfg, timeout_s=max(cfg.timeout_s, 60.0))
+    try:
+        physical = f"{cfg.collection}{GENERATION_SEPARATOR}{time.time_ns() // 1_000_000}"
+        _create_item_collection(client, physical, int(vectors.shape[1]))
+        if categories is None:
+            categories = np.full(len(item_ids), "", dtype=object)
+        for start in range(0, len(item_ids), cfg.insert_chunk_size):
+            stop = start + cfg.insert_chunk_size
+            client.insert(physical, item_rows(item_ids[start:stop], vectors[start:stop], categories[start:stop]))
+        client.flush(physical)
+        index_params = client.prepare_index_params()
+        index_params.add_index(field_name=VECTOR_FIELD, index_type=cfg.index_type, metric_type=METRIC,
+                               params=dict(cfg.index_params))
+        client.create_index(physical, index_params)
+        _wait_for_index(client, physical)
+        client.load_collection(physical)
+        count = int(client.get_collection_stats(physical)["row_count"])
+        previous = switch_alias(client, cfg.collection, physical)
+        if previous:
+            time.sleep(DROP_GRACE_S)  # searches already routed to it finish first
+            client.drop_collection(previous)
+        return count
+    finally:
+        client.close()
+
+
+GENERATION_SEPARATOR = "__g"
+DROP_GRACE_S = 2.0
+
+
+def _create_item_collection(client, name: str, dim: int) -> None:
     from pymilvus import DataType
 
-    client = connect(cfg, timeout_s=max(cfg.timeout_s, 60.0))
-    if client.has_collection(cfg.collection):
-        client.drop_collection(cfg.collection)
     schema = client.create_schema(auto_id=False, enable_dynamic_field=False)
     schema.add_field(ID_FIELD, DataType.INT64, is_primary=True)
-    schema.add_field(VECTOR_FIELD, DataType.FLOAT_VECTOR, dim=int(vectors.shape[1]))
+    schema.add_field(VECTOR_FIELD, DataType.FLOAT_VECTOR, dim=dim)
     schema.add_field(CATEGORY_FIELD, DataType.VARCHAR, max_length=64)
-    client.create_collection(cfg.collection, schema=schema)
-    if categories is None:
-        categories = np.full(len(item_ids), "", dtype=object)
-    for start in range(0, len(item_ids), cfg.insert_chunk_size):
-        stop = start + cfg.insert_chunk_size
-        rows = [{ID_FIELD: int(i), VECTOR_FIELD: v.tolist(), CATEGORY_FIELD: str(c)}
-                for i, v, c in zip(item_ids[start:stop], vectors[start:stop], categories[start:stop])]
-        client.insert(cfg.collection, rows)
-    client.flush(cfg.collection)
-    index_params = client.prepare_index_params()
-    index_params.add_index(field_name=VECTOR_FIELD, index_type=cfg.index_type, metric_type=METRIC,
-                           params=dict(cfg.index_params))
-    client.create_index(cfg.collection, index_params)
-    _wait_for_index(client, cfg.collection)
-    client.load_collection(cfg.collection)
-    count = int(client.get_collection_stats(cfg.collection)["row_count"])
-    client.close()
-    return count
+    client.create_collection(name, schema=schema)
+
+
+def item_rows(item_ids, vectors, categories=None) -> list[dict]:
+    """Rows of the item collection."""
+    categories = [""] * len(item_ids) if categories is None else categories
+    return [{ID_FIELD: int(i), VECTOR_FIELD: np.asarray(v, dtype=np.float32).tolist(), CATEGORY_FIELD: str(c)}
+            for i, v, c in zip(item_ids, vectors, categories)]
+
+
+def switch_alias(client, alias: str, collection: str) -> str | None:
+    """Point ``alias`` at ``collection``; returns the collection it pointed at before (a plain
+    collection named like the alias, from an older layout, is dropped first)."""
+    previous = aliased_collection(client, alias)
+    if previous is None:
+        if client.has_collection(alias):
+            client.drop_collection(alias)
+        client.create_alias(collection, alias)
+    else:
+        client.alter_alias(collection, alias)
+    return previous if previous != collection else None
+
+
+def aliased_collection(client, alias: str) -> str | None:
+    """The collection ``alias`` points at, or ``None`` if it is not an alias."""
+    try:
+        return client.describe_alias(alias).get("collection_name") or None
+    except Exception:  # pymilvus raises when the alias does not exist
+        return None
 
 
 def _wait_for_index(client, collection: str, timeout_s: float = 600.0) -> None:

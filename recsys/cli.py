@@ -6,6 +6,7 @@
     recsys serve                Milvus + Triton in the foreground until Ctrl-C / SIGTERM
     recsys recommend 17 42      ask a running server (``--grpc`` for gRPC)
     recsys status               health of Triton, Milvus and Feast (non-zero exit if unhealthy)
+    recsys catalog count|upsert FILE|delete ID..|rebuild|which|drop    live catalogue operations
     recsys train | features | index | export    single steps
 """
 from __future__ import annotations
@@ -59,6 +60,19 @@ def _parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run Milvus and Triton in the foreground")
     serve.add_argument("--reindex", action="store_true", help="rebuild the Milvus collection first")
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+
+    catalog = sub.add_parser("catalog", help="live catalogue operations on Milvus + Feast")
+    action = catalog.add_subparsers(dest="action", required=True)
+    action.add_parser("count", help="items in the served collection")
+    upsert = action.add_parser("upsert", help="add or update items (vectors from the item tower)")
+    upsert.add_argument("items_file", help="CSV or parquet: item_id + the item feature columns")
+    upsert.add_argument("--vectors", help="parquet with item_id and embedding, instead of the item tower")
+    delete = action.add_parser("delete", help="remove items from the collection")
+    delete.add_argument("item_ids", nargs="+", type=int)
+    action.add_parser("rebuild", help="new collection from the trained vectors, then switch the alias")
+    action.add_parser("which", help="the collection the alias points at")
+    drop = action.add_parser("drop", help="drop the alias and its collection (serving fails until rebuild)")
+    drop.add_argument("--yes", action="store_true", help="really drop")
 
     status = sub.add_parser("status", help="health of Triton, Milvus and Feast (exit 1 if unhealthy)")
     status.add_argument("--json", action="store_true", help="machine-readable output")
@@ -130,6 +144,41 @@ def _serve(config: Config, reindex: bool) -> None:
     print("stopped Milvus and Triton", flush=True)
 
 
+def _catalog(config: Config, args) -> int:
+    from recsys.catalog import Catalog
+
+    catalog = Catalog(config)
+    name = config.milvus.collection
+    if args.action == "count":
+        print(f"{catalog.count():,} items in {name}")
+    elif args.action == "which":
+        print(f"{name} -> {catalog.collection() or '(not an alias)'}")
+    elif args.action == "upsert":
+        from training.dataset import read_table
+
+        items = read_table(args.items_file)
+        vectors = None
+        if args.vectors:
+            given = read_table(args.vectors).set_index("item_id")
+            missing = set(items["item_id"]) - set(given.index)
+            if missing:
+                raise ValueError(f"{args.vectors} has no vector for items {sorted(missing)[:10]}")
+            import numpy as np
+
+            vectors = np.stack(given.loc[items["item_id"], "embedding"].to_numpy())
+        print(f"upserted {catalog.upsert(items, vectors):,} items into {name} and Feast; searchable now")
+    elif args.action == "delete":
+        print(f"deleted {catalog.delete(args.item_ids):,} items from {name}")
+    elif args.action == "rebuild":
+        count = catalog.rebuild()
+        print(f"{name} -> {catalog.collection()} ({count:,} items)")
+    elif args.action == "drop":
+        if not args.yes:
+            raise ValueError("dropping the served collection stops retrieval; add --yes")
+        print(f"dropped {catalog.drop() or 'nothing'}")
+    return 0
+
+
 def _recommend(config: Config, args) -> int:
     from recsys.client import RecommendError, RecommenderClient
 
@@ -197,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
         config = _config(args)
         if args.command == "recommend":
             return _recommend(config, args)
+        if args.command == "catalog":
+            return _catalog(config, args)
         if args.command == "status":
             from recsys.status import render, status
 

@@ -187,11 +187,17 @@ class TwoTower:
         return self.item_tower({k: tf.constant(v) for k, v in items.items()}).numpy()
 
     def save_user_tower(self, path: Path) -> None:
-        tower = self.user_tower
-        serve = tf.function(lambda **inputs: {"user_vector": tower(inputs)},
-                            input_signature=None)
-        concrete = serve.get_concrete_function(**_signature(_input_specs(tower.spec, [None])))
-        tf.saved_model.save(tower, str(path), signatures={"serving_default": concrete})
+        _save_tower(self.user_tower, "user_vector", path)
+
+    def save_item_tower(self, path: Path) -> None:
+        """The item tower, for vectors of items added to the catalogue after training."""
+        _save_tower(self.item_tower, "item_vector", path)
+
+
+def _save_tower(tower: "Tower", output: str, path: Path) -> None:
+    serve = tf.function(lambda **inputs: {output: tower(inputs)}, input_signature=None)
+    concrete = serve.get_concrete_function(**_signature(_input_specs(tower.spec, [None])))
+    tf.saved_model.save(tower, str(path), signatures={"serving_default": concrete})
 
 
 def train_two_tower(users: dict, items: dict, pairs: tuple[np.ndarray, np.ndarray],

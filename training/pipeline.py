@@ -49,6 +49,7 @@ class Artifacts:
     user_workflow = property(lambda self: self.root / "workflows" / "user")
     item_workflow = property(lambda self: self.root / "workflows" / "item")
     query_tower = property(lambda self: self.root / "models" / "query_tower")
+    item_tower = property(lambda self: self.root / "models" / "item_tower")
     ranking_model = property(lambda self: self.root / "models" / "dlrm")
     item_vectors = property(lambda self: self.root / "models" / "item_vectors.parquet")
     ordering = property(lambda self: self.root / "models" / "ordering.json")
@@ -159,6 +160,7 @@ def run(config: Config, top_popular: int = 1000) -> Artifacts:
     tables = Tables.build(data, train, workflows, specs, max_history, users, items)
     two_tower, ranker = tuning.train_models(config, tables, specs, choice)
     two_tower.save_user_tower(out.query_tower)
+    two_tower.save_item_tower(out.item_tower)
     vectors = two_tower.item_vectors(tables.item_inputs)
     pd.DataFrame({"item_id": items["item_id"].to_numpy(), "embedding": list(vectors)}).to_parquet(
         out.item_vectors, index=False)
