@@ -58,4 +58,7 @@ def export_model_repository(config: Config, artifacts: Artifacts) -> Path:
                     model_dir / str(MODEL_VERSION) / "model.py")
     (model_dir / "config.pbtxt").write_text(
         _CONFIG_TEMPLATE.format(name=config.serving.model_name, k=config.serving.top_k))
+    from ensemble.similar import export_similar_items
+
+    export_similar_items(config, artifacts)
     return repository

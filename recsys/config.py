@@ -174,6 +174,7 @@ class ServingConfig:
     """The request contract of the `recommender` model, fixed at export."""
 
     model_name: str = "recommender"
+    similar_model_name: str = "similar_items"
     top_k: int = 10
     retrieval_k: int = 100
     max_batch_users: int = 1024

@@ -55,23 +55,25 @@ def triton_checks(config: Config, timeout_s: float = 3.0) -> list[Check]:
 
 def milvus_checks(config: Config, timeout_s: float = 3.0) -> list[Check]:
     """Reachable, collection exists and is loaded, with its row count."""
-    from operators.milvus import MilvusUnavailable, connect, quiet_pymilvus
+    from operators.milvus import MilvusUnavailable, aliased_collection, connect, quiet_pymilvus
 
     cfg = config.milvus
     try:
         with quiet_pymilvus():  # its error lines duplicate ours
             client = connect(cfg, timeout_s)
-            collections = client.list_collections()
+            present = client.has_collection(cfg.collection)
     except (MilvusUnavailable, Exception) as exc:  # noqa: B014 - pymilvus raises many types
         return [Check("milvus", "reachable", False, f"{cfg.endpoint}: {' '.join(str(exc).split())[:200]}")]
     checks = [Check("milvus", "reachable", True, cfg.endpoint)]
-    if cfg.collection not in collections:
+    if not present:
         checks.append(Check("milvus", f"collection {cfg.collection}", False, "missing (run `recsys index`)"))
         client.close()
         return checks
+    target = aliased_collection(client, cfg.collection)
     state = str(client.get_load_state(cfg.collection).get("state", "")).rsplit(".", 1)[-1]
     rows = int(client.get_collection_stats(cfg.collection).get("row_count", 0))
-    checks.append(Check("milvus", f"collection {cfg.collection} loaded", state == "Loaded", state))
+    checks.append(Check("milvus", f"collection {cfg.collection} loaded", state == "Loaded",
+                        f"{state} ({'alias of ' + target if target else 'collection'})"))
     checks.append(Check("milvus", f"collection {cfg.collection} rows", rows > 0, f"{rows:,} item vectors"))
     client.close()
     return checks

@@ -1,0 +1,46 @@
+"""The ``similar_items`` model for Triton's Python backend (see :mod:`ensemble.similar`)."""
+import logging
+import traceback
+from pathlib import Path
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+LOG = logging.getLogger("similar_items")
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        from ensemble.similar import SimilarItemsRunner
+
+        model_dir = Path(args["model_repository"])
+        if model_dir.suffix == ".py":
+            model_dir = model_dir.parent.parent
+        self.runner = SimilarItemsRunner.load(model_dir / str(args["model_version"]) / "ensemble")
+
+    def execute(self, requests):
+        return [self._answer(request) for request in requests]
+
+    def _answer(self, request):
+        from ensemble.similar import BadItemRequest
+        from operators.milvus import MilvusUnavailable
+
+        try:
+            item_ids = pb_utils.get_input_tensor_by_name(request, "item_id").as_numpy()
+            result = self.runner.similar(item_ids)
+        except BadItemRequest as exc:
+            return _error(f"bad request: {exc}")
+        except MilvusUnavailable as exc:
+            return _error(f"dependency unavailable: {exc}")
+        except Exception as exc:  # keep serving; the log has the traceback
+            LOG.error("similar_items failed: %s", traceback.format_exc())
+            return _error(f"internal error: {type(exc).__name__}: {exc}")
+        return pb_utils.InferenceResponse(output_tensors=[
+            pb_utils.Tensor("item_ids", result["item_ids"].astype(np.int64)),
+            pb_utils.Tensor("scores", result["scores"].astype(np.float32)),
+            pb_utils.Tensor("found", result["found"].astype(np.bool_)),
+        ])
+
+
+def _error(message):
+    return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message))
