@@ -39,21 +39,33 @@ instance_group [
 """
 
 
+def write_ensemble(config: Config, artifacts: Artifacts, target: Path) -> Path:
+    """Write the serving ensemble (pickled graph, every operator's artifacts, serving.json)
+    into ``target``, replacing what was there; ``config.serving`` fixes its contract (top_k,
+    retrieval_k, ...). What the Triton model, the offline evaluation and the batch job load
+    (:meth:`ensemble.runner.Recommender.load`)."""
+    from operators.settings import serving_config
+
+    target = Path(target)
+    if target.exists():
+        shutil.rmtree(target)
+    target.mkdir(parents=True)
+    ensemble = build_ensemble(config, artifacts)
+    for node in postorder_iter_nodes(ensemble.graph.output_node, flatten_subgraphs=True):
+        node.op.save_artifacts(str(target))
+    ensemble.save(str(target))
+    write_serving_config(config, target)
+    serving_config.cache_clear()  # a directory written again may carry other settings
+    return target
+
+
 def export_model_repository(config: Config, artifacts: Artifacts) -> Path:
     """Build the graph from the artifacts and write the model repository; returns its path."""
     repository = config.model_repository
     model_dir = repository / config.serving.model_name
     if model_dir.exists():
         shutil.rmtree(model_dir)
-    ensemble_dir = model_dir / str(MODEL_VERSION) / "ensemble"
-    ensemble_dir.mkdir(parents=True)
-
-    ensemble = build_ensemble(config, artifacts)
-    for node in postorder_iter_nodes(ensemble.graph.output_node, flatten_subgraphs=True):
-        node.op.save_artifacts(str(ensemble_dir))
-    ensemble.save(str(ensemble_dir))
-    write_serving_config(config, ensemble_dir)
-
+    write_ensemble(config, artifacts, model_dir / str(MODEL_VERSION) / "ensemble")
     shutil.copyfile(Path(__file__).with_name("triton_model.py"),
                     model_dir / str(MODEL_VERSION) / "model.py")
     (model_dir / "config.pbtxt").write_text(

@@ -100,24 +100,10 @@ def milvus_search(config: Config, ensemble_dir: Path, vectors: np.ndarray, seen:
 
 def export_evaluation_ensemble(config: Config, artifacts: Artifacts, top_k: int) -> Path:
     """The serving ensemble with ``top_k`` outputs, written under the workdir."""
-    import shutil
-
-    from merlin.dag import postorder_iter_nodes
-
-    from ensemble.graph import build_ensemble
-    from operators.settings import write_serving_config
+    from ensemble.export import write_ensemble
 
     config = replace(config, serving=replace(config.serving, top_k=top_k))
-    target = config.workdir / "evaluation" / "ensemble"
-    if target.exists():
-        shutil.rmtree(target)
-    target.mkdir(parents=True)
-    ensemble = build_ensemble(config, artifacts)
-    for node in postorder_iter_nodes(ensemble.graph.output_node, flatten_subgraphs=True):
-        node.op.save_artifacts(str(target))
-    ensemble.save(str(target))
-    write_serving_config(config, target)
-    return target
+    return write_ensemble(config, artifacts, config.workdir / "evaluation" / "ensemble")
 
 
 def cascade(ensemble_dir: Path, user_ids: np.ndarray, batch: int = 256) -> tuple[np.ndarray, dict]:
