@@ -7,6 +7,7 @@
     recsys recommend 17 42      ask a running server (``--grpc`` for gRPC)
     recsys status               health of Triton, Milvus and Feast (non-zero exit if unhealthy)
     recsys catalog count|upsert FILE|delete ID..|rebuild|which|drop    live catalogue operations
+    recsys batch --k 50 --db sqlite:///recs.db    top-K of every user into a database
     recsys train | features | index | export    single steps
 """
 from __future__ import annotations
@@ -76,6 +77,11 @@ def _parser() -> argparse.ArgumentParser:
 
     status = sub.add_parser("status", help="health of Triton, Milvus and Feast (exit 1 if unhealthy)")
     status.add_argument("--json", action="store_true", help="machine-readable output")
+
+    from recsys.batch import add_arguments as batch_arguments
+
+    batch_arguments(sub.add_parser("batch", help="top-K of every user into a database, with the served "
+                                                 "cascade (recsys batch --k 50 --db sqlite:///recs.db)"))
 
     recommend = sub.add_parser("recommend", help="query a running recommender")
     recommend.add_argument("user_ids", nargs="+", type=int)
@@ -248,6 +254,10 @@ def main(argv: list[str] | None = None) -> int:
             return _recommend(config, args)
         if args.command == "catalog":
             return _catalog(config, args)
+        if args.command == "batch":
+            from recsys.batch import main as batch_main
+
+            return batch_main(config, args)
         if args.command == "status":
             from recsys.status import render, status
 
