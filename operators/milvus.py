@@ -245,7 +245,8 @@ class QueryMilvus(BaseOperator):
         # Each user needs top_k hits beyond their own items. Users are searched in groups by
         # that need rounded up to a power of two, so a user's candidates do not depend on who
         # else is in the batch (the search depth grows with the limit).
-        limits = np.array([_search_limit(self.top_k + len(e), self.max_limit) for e in excluded])
+        cap = min(self.max_limit, self._cfg.search_limit_cap)  # the index type may be set at run time
+        limits = np.array([_search_limit(self.top_k + len(e), cap) for e in excluded])
         ids = np.empty((len(vectors), self.top_k), dtype=np.int64)
         scores = np.empty((len(vectors), self.top_k), dtype=np.float32)
         for limit in np.unique(limits):
@@ -321,8 +322,9 @@ class SimilarItems(QueryMilvus):
         out_ids = np.empty((len(ids), self.top_k), dtype=np.int64)
         out_scores = np.empty((len(ids), self.top_k), dtype=np.float32)
         rows = np.flatnonzero(found)
+        cap = min(self.max_limit, self._cfg.search_limit_cap)
         hits = (self._search(np.stack([vectors[int(ids[r])] for r in rows]),
-                             _search_limit(self.top_k + 1, self.max_limit)) if len(rows) else [])
+                             _search_limit(self.top_k + 1, cap)) if len(rows) else [])
         by_row = dict(zip(rows.tolist(), hits))
         for row, item in enumerate(ids.tolist()):
             out_ids[row], out_scores[row] = self._row(by_row.get(row, []), {item})

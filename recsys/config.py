@@ -136,6 +136,12 @@ class MilvusConfig:
         """The URI clients connect to (a remote Milvus, a cluster, or the local server)."""
         return self.uri or f"http://{self.host}:{self.port}"
 
+    @property
+    def search_limit_cap(self) -> int:
+        """The largest top-k a search may ask for with this index type."""
+        gpu = GPU_INDEXES.get(self.index_type.upper())
+        return gpu[2] if gpu else MILVUS_MAX_LIMIT
+
     def __post_init__(self) -> None:
         if self.token_file and not self.token:
             try:
@@ -299,10 +305,11 @@ def _check_gpu_limits(config: "Config") -> None:
                          f"({config.training.embedding_dim})")
     worst = _search_limit_cap(config)
     if worst > cap:
-        LOG.warning("%s caps top-k at %d, but a user with %d history items makes retrieval search "
-                    "with limit %d (retrieval_k + history, rounded up to a power of two): such "
-                    "requests will fail; keep retrieval_k + training.max_history <= %d",
-                    index_type, cap, config.training.max_history, worst, cap)
+        LOG.warning("%s caps top-k at %d, but a user with %d history items would need a search "
+                    "limit of %d (retrieval_k + history, rounded up to a power of two): retrieval "
+                    "is capped at %d, so such users get fewer new candidates (the rest filled "
+                    "with popular items); keep retrieval_k + training.max_history <= %d to avoid it",
+                    index_type, cap, config.training.max_history, worst, cap, cap)
 
 
 _ENV_OVERRIDES = {

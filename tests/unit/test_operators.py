@@ -276,3 +276,28 @@ def test_unreadable_store_serves_missing_rows_counts_logs_and_recovers(cache_ttl
     assert len(warnings) == 1  # rate-limited
     op._store = healthy  # readable again: nothing was cached as missing
     assert op.transform(None, table)["item_category"].values.tolist() == ["a", "b", "a"]
+
+
+def test_query_milvus_caps_search_limit_at_the_index_types_limit():
+    from operators.milvus import QueryMilvus
+    from recsys.config import load_config
+
+    class _Client:
+        def __init__(self):
+            self.limits = []
+
+        def search(self, collection, data, limit, search_params, timeout):
+            self.limits.append(limit)
+            return [[{"id": 1000 + i, "distance": 1.0 - i / 1e4} for i in range(limit)] for _ in data]
+
+    op = QueryMilvus(top_k=100, exclude_column="history", fill_ids=np.arange(5000, 5300))
+    op._cfg = load_config(base={"milvus": {"index_type": "GPU_IVF_FLAT"}}, environ={}).milvus
+    op._client = _Client()
+    history = np.empty(2, dtype=object)
+    history[0], history[1] = np.arange(1000, 1900), np.array([], dtype=np.int64)  # 900 seen, none
+    table = TensorTable({"user_embedding": np.ones((2, 4), dtype=np.float32), "history": history})
+    out = op.transform(None, table)
+    assert max(op._client.limits) == 256  # GPU_IVF_FLAT's cap, not 1024
+    ids = out["candidate_ids"].values
+    assert not set(ids[0].tolist()) & set(range(1000, 1900)) and (ids >= 0).all()
+    assert set(ids[0].tolist()) >= set(range(5000, 5100)) - set(range(1000, 1900))  # filled
