@@ -88,7 +88,7 @@ def test_long_histories_beyond_the_cap_are_warned_about(caplog):
     assert not caplog.records  # 100 + 900 -> limit 1024: fits
     with caplog.at_level(logging.WARNING, logger="recsys.config"):
         load_config(base={**base, "training": {"max_history": 1000}}, environ={})
-    assert "limit 2048" in caplog.text and "<= 1024" in caplog.text
+    assert "limit of 2048" in caplog.text and "capped at 1024" in caplog.text and "<= 1024" in caplog.text
 
 
 def test_cpu_index_types_are_not_restricted():
