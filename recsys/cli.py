@@ -5,6 +5,7 @@
     recsys build                train + Feast + export (no servers)
     recsys serve                Milvus + Triton in the foreground until Ctrl-C / SIGTERM
     recsys recommend 17 42      ask a running server (``--grpc`` for gRPC)
+    recsys similar 50 100       items similar to these (the similar_items model)
     recsys status               health of Triton, Milvus and Feast (non-zero exit if unhealthy)
     recsys catalog count|upsert FILE|delete ID..|rebuild|which|drop    live catalogue operations
     recsys batch --k 50 --db sqlite:///recs.db    top-K of every user into a database
@@ -87,6 +88,10 @@ def _parser() -> argparse.ArgumentParser:
     recommend.add_argument("user_ids", nargs="+", type=int)
     recommend.add_argument("--grpc", action="store_true", help="use gRPC instead of HTTP")
     recommend.add_argument("--url", help="host:port (default: the configured Triton address)")
+    similar = sub.add_parser("similar", help="query the running similar_items model")
+    similar.add_argument("item_ids", nargs="+", type=int)
+    similar.add_argument("--grpc", action="store_true", help="use gRPC instead of HTTP")
+    similar.add_argument("--url", help="host:port (default: the configured Triton address)")
     for command in sub.choices.values():  # the common options are also accepted after the command
         command.add_argument("--config", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         command.add_argument("--workdir", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
@@ -191,19 +196,24 @@ def _recommend(config: Config, args) -> int:
     protocol = "grpc" if args.grpc else "http"
     url = args.url or (f"{config.triton.host}:{config.triton.grpc_port}" if args.grpc
                        else f"{config.triton.host}:{config.triton.http_port}")
+    similar = args.command == "similar"
     try:
         client = RecommenderClient(url, protocol, config.serving.model_name)
-        answer = client.recommend(args.user_ids)
+        answer = (client.similar(args.item_ids, config.serving.similar_model_name) if similar
+                  else client.recommend(args.user_ids))
     except RecommendError as exc:
-        print(f"error from the recommender: {exc}", file=sys.stderr)
+        print(f"error from the {'similar_items model' if similar else 'recommender'}: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:
         print(f"cannot reach Triton at {url} ({protocol}): {exc}", file=sys.stderr)
         return 2
-    for row, user_id in enumerate(args.user_ids):
-        flag = "  (fallback: most popular)" if answer["fallback"][row] else ""
+    for row, key in enumerate(args.item_ids if similar else args.user_ids):
+        if similar:
+            flag = "" if answer["found"][row] else "  (not in the collection: most popular)"
+        else:
+            flag = "  (fallback: most popular)" if answer["fallback"][row] else ""
         pairs = ", ".join(f"{i}:{s:.4f}" for i, s in zip(answer["item_ids"][row], answer["scores"][row]))
-        print(f"user {user_id}{flag}: {pairs}")
+        print(f"{'item' if similar else 'user'} {key}{flag}: {pairs}")
     return 0
 
 
@@ -250,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         _quiet_libraries()
     try:
         config = _config(args)
-        if args.command == "recommend":
+        if args.command in ("recommend", "similar"):
             return _recommend(config, args)
         if args.command == "catalog":
             return _catalog(config, args)

@@ -37,26 +37,33 @@ class RecommenderClient:
     def recommend(self, user_ids, dtype: str = "INT64") -> dict[str, np.ndarray]:
         """Top-k raw item ids, scores, fallback flags and the answering path (``source``:
         personalized / features / popular) for each user id (row i = user i)."""
-        from tritonclient.utils import InferenceServerException
-
-        values = np.asarray(user_ids)
-        if dtype == "INT64":
-            values = values.astype(np.int64)
-        tensor = self._module.InferInput("user_id", list(values.shape), dtype)
-        tensor.set_data_from_numpy(values)
-        outputs = [self._module.InferRequestedOutput(name) for name in OUTPUTS]
-        try:
-            if self.protocol == "grpc":
-                result = self._client.infer(self.model_name, [tensor], outputs=outputs,
-                                            client_timeout=self.timeout_s)
-            else:
-                result = self._client.infer(self.model_name, [tensor], outputs=outputs)
-        except InferenceServerException as exc:
-            raise RecommendError(exc.message()) from exc
-        answer = {name: result.as_numpy(name) for name in OUTPUTS}
+        answer = self._infer(self.model_name, "user_id", user_ids, OUTPUTS, dtype)
         answer["source"] = np.array([s.decode() if isinstance(s, bytes) else str(s)
                                      for s in answer["source"]], dtype=object)
         return answer
+
+    def similar(self, item_ids, model_name: str = "similar_items") -> dict[str, np.ndarray]:
+        """The ``similar_items`` model: nearest raw item ids and scores per item id, and
+        ``found`` (false: the id is not in the collection, the row is the popular items)."""
+        return self._infer(model_name, "item_id", item_ids, ("item_ids", "scores", "found"))
+
+    def _infer(self, model: str, input_name: str, ids, outputs, dtype: str = "INT64") -> dict:
+        from tritonclient.utils import InferenceServerException
+
+        values = np.asarray(ids)
+        if dtype == "INT64":
+            values = values.astype(np.int64)
+        tensor = self._module.InferInput(input_name, list(values.shape), dtype)
+        tensor.set_data_from_numpy(values)
+        requested = [self._module.InferRequestedOutput(name) for name in outputs]
+        try:
+            if self.protocol == "grpc":
+                result = self._client.infer(model, [tensor], outputs=requested, client_timeout=self.timeout_s)
+            else:
+                result = self._client.infer(model, [tensor], outputs=requested)
+        except InferenceServerException as exc:
+            raise RecommendError(exc.message()) from exc
+        return {name: result.as_numpy(name) for name in outputs}
 
     def ready(self) -> bool:
         try:

@@ -71,3 +71,19 @@ def test_similar_items_bad_request(serving_stack):
         _similar(triton, np.array([], dtype=np.int64), "http", config.serving.similar_model_name)
     assert _similar(triton, [int(pd.read_parquet(Artifacts.of(config).items)["item_id"][0])], "http",
                     config.serving.similar_model_name)["found"].tolist() == [True]
+
+
+def test_cli_similar_and_client(serving_stack, clients):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    config, _, triton = serving_stack
+    item = int(pd.read_parquet(Artifacts.of(config).item_vectors)["item_id"][0])
+    recsys = str(Path(sys.executable).parent / "recsys")
+    result = subprocess.run([recsys, "similar", str(item), "-1", "--url", triton.grpc_url, "--grpc"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert f"item {item}:" in result.stdout and "item -1  (not in the collection" in result.stdout
+    answer = clients["http"].similar([item])
+    assert answer["found"].tolist() == [True] and item not in answer["item_ids"][0]
