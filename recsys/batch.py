@@ -51,6 +51,7 @@ class BatchOptions:
     keep_runs: int = DEFAULT_KEEP
     pause_s: float = 0.0  # sleep after each chunk (leaves CPU to a co-located server)
     progress: bool = True
+    workers: int = 1  # processes running the cascade (each loads its own copy); 1: in this process
 
 
 @dataclass
@@ -208,6 +209,8 @@ def run_batch(config: Config, options: BatchOptions,
         raise ValueError(f"--keep-runs must be >= 1, got {options.keep_runs}")
     if options.chunk_size is not None and options.chunk_size < 1:
         raise ValueError(f"--chunk-size must be >= 1, got {options.chunk_size}")
+    if options.workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {options.workers}")
     store = BatchStore(options.db_url)
     try:
         store.create_schema()
@@ -246,14 +249,14 @@ def run_batch(config: Config, options: BatchOptions,
         try:
             with _milvus(config):
                 from ensemble.export import write_ensemble
-                from ensemble.runner import Recommender
 
                 serving = replace(config.serving, top_k=k, max_batch_users=max(chunk_size, 1))
                 write_ensemble(replace(config, serving=serving), artifacts, batch_dir / "ensemble")
-                recommender = Recommender.load(batch_dir / "ensemble")
-                setup_s = time.perf_counter() - setup_started
-                computed, compute_s, stages = _compute(store, recommender, run_id, users, chunk_size,
-                                                       options, on_chunk)
+                todo = _todo(store, run_id, users)
+                with _cascade(batch_dir / "ensemble", min(options.workers, max(len(todo), 1))) as answers:
+                    setup_s = time.perf_counter() - setup_started
+                    computed, compute_s, stages = _compute(store, answers, run_id, users, todo, chunk_size,
+                                                           options, on_chunk)
             users_per_second = computed / compute_s if compute_s > 0 else 0.0
             store.complete_run(run_id, round(users_per_second, 2))
         except BaseException as exc:
@@ -276,47 +279,165 @@ def run_batch(config: Config, options: BatchOptions,
         store.close()
 
 
-def _compute(store, recommender, run_id: str, users: np.ndarray, chunk_size: int,
+def _todo(store, run_id: str, users: np.ndarray) -> np.ndarray:
+    """The run's users not stored yet (all of them for a new run), in order."""
+    done = store.done_users(run_id)
+    if not done:
+        return users
+    return users[~np.isin(users, np.fromiter(done, dtype=np.int64, count=len(done)))]
+
+
+def _compute(store, answers, run_id: str, users: np.ndarray, todo: np.ndarray, chunk_size: int,
              options: BatchOptions, on_chunk) -> tuple[int, float, dict[str, float]]:
-    """The chunk loop: users not yet stored for the run, through the cascade, into the
-    database (one transaction per chunk). Returns (users computed, seconds, seconds per stage)."""
+    """The chunk loop: the users not yet stored, through the cascade (``answers``, see
+    :func:`_cascade`), into the database (one transaction per chunk). Returns (users computed,
+    seconds, seconds per stage summed over chunks and workers)."""
     from tqdm import tqdm
 
-    done = store.done_users(run_id)
-    todo = users[~np.isin(users, np.fromiter(done, dtype=np.int64, count=len(done)))] if done else users
     stages: dict[str, float] = defaultdict(float)
-    failures_before = sum(recommender.feature_store_failures.values())
+    chunks = [todo[start:start + chunk_size] for start in range(0, len(todo), chunk_size)]
     bar = tqdm(total=len(users), initial=len(users) - len(todo), unit="user", file=sys.stderr,
                disable=not options.progress, mininterval=0.5, dynamic_ncols=True, desc=run_id)
-    compute_s = 0.0
+    done = len(users) - len(todo)
+    began = time.perf_counter()
+    paused = 0.0
     try:
-        for start in range(0, len(todo), chunk_size):
-            chunk = todo[start:start + chunk_size]
-            began = time.perf_counter()
-            answer = recommender.recommend(chunk)
-            cascade_s = time.perf_counter() - began
-            timings = recommender.last_timings
+        for chunk, answer, timings, failures in answers(chunks):
             for stage, seconds in timings.items():
                 stages[stage] += seconds
-            stages["(graph overhead)"] += max(cascade_s - sum(timings.values()), 0.0)
-            failures = sum(recommender.feature_store_failures.values())
-            if failures > failures_before:
+            if failures:
                 raise RuntimeError(
-                    f"the Feast online store could not be read for {failures - failures_before} ids; "
-                    f"this chunk was not written (the run would store degraded lists): repair it "
-                    f"(`recsys features`) and continue with --resume {run_id}")
+                    f"the Feast online store could not be read for {failures} ids; this chunk was "
+                    f"not written (the run would store degraded lists): repair it (`recsys features`) "
+                    f"and continue with --resume {run_id}")
             written = time.perf_counter()
             store.write_chunk(run_id, chunk, answer["item_ids"], answer["scores"], answer["source"])
             stages["(database write)"] += time.perf_counter() - written
-            compute_s += time.perf_counter() - began
+            done += len(chunk)
             bar.update(len(chunk))
             if on_chunk is not None:
-                on_chunk(run_id, len(users) - len(todo) + start + len(chunk), len(users))
+                on_chunk(run_id, done, len(users))
             if options.pause_s > 0:
                 time.sleep(options.pause_s)
+                paused += options.pause_s
     finally:
         bar.close()
-    return len(todo), compute_s, dict(stages)
+    return len(todo), time.perf_counter() - began - paused, dict(stages)
+
+
+def _recommend(recommender, users: np.ndarray) -> tuple[dict, dict[str, float], int]:
+    """One chunk through the cascade: (answer, seconds per stage, ids Feast could not read)."""
+    before = sum(recommender.feature_store_failures.values())
+    began = time.perf_counter()
+    answer = recommender.recommend(users)
+    elapsed = time.perf_counter() - began
+    timings = recommender.last_timings
+    timings["(graph overhead)"] = max(elapsed - sum(timings.values()), 0.0)
+    return answer, timings, sum(recommender.feature_store_failures.values()) - before
+
+
+@contextmanager
+def _cascade(ensemble_dir: Path, workers: int):
+    """Yields ``answers(chunks)``, an iterator of ``(chunk, answer, timings, failures)``: the
+    served cascade of ``ensemble_dir`` (:class:`ensemble.runner.Recommender`) in this process,
+    or in ``workers`` processes (each loads the ensemble; chunks come back as they finish)."""
+    if workers <= 1:
+        from ensemble.runner import Recommender
+
+        recommender = Recommender.load(ensemble_dir)
+
+        def in_process(chunks):
+            for chunk in chunks:
+                yield (chunk, *_recommend(recommender, chunk))
+
+        yield in_process
+        return
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")  # TensorFlow and gRPC do not survive fork
+    tasks, results = context.Queue(), context.Queue()
+    processes = [context.Process(target=_worker, args=(str(ensemble_dir), tasks, results), daemon=True,
+                                 name=f"recsys-batch-{n}") for n in range(workers)]
+    for process in processes:
+        process.start()
+    try:
+        for _ in processes:  # every worker loaded the cascade (or says why not)
+            _expect(_receive(results, processes), "ready")
+
+        def from_workers(chunks):
+            for index, chunk in enumerate(chunks):
+                tasks.put((index, chunk))
+            for _ in range(len(chunks)):
+                _, index, answer, timings, failures = _expect(_receive(results, processes), "ok")
+                yield chunks[index], answer, timings, failures
+
+        yield from_workers
+    finally:
+        for _ in processes:
+            tasks.put(None)
+        for process in processes:
+            process.join(10)
+            if process.is_alive():
+                process.kill()
+                process.join(10)
+
+
+def _receive(results, processes) -> tuple:
+    """The next message of a worker; fails if a worker died without one (e.g. killed)."""
+    import queue
+
+    while True:
+        try:
+            return results.get(timeout=2)
+        except queue.Empty:
+            for process in processes:
+                if not process.is_alive():
+                    raise RuntimeError(f"batch worker {process.name} (pid {process.pid}) exited "
+                                       f"with code {process.exitcode}") from None
+
+
+def _expect(message: tuple, kind: str) -> tuple:
+    if message[0] == "error":
+        raise RuntimeError(f"batch worker failed: {message[-1]}")
+    assert message[0] == kind, message
+    return message
+
+
+def _worker(ensemble_dir: str, tasks, results) -> None:
+    """A worker process: load the cascade once, then answer chunks until told to stop."""
+    _die_with_parent()
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    try:
+        from ensemble.runner import Recommender
+
+        recommender = Recommender.load(ensemble_dir)
+    except BaseException as exc:
+        results.put(("error", f"cannot load {ensemble_dir}: {type(exc).__name__}: {exc}"))
+        return
+    results.put(("ready",))
+    while (task := tasks.get()) is not None:
+        index, chunk = task
+        try:
+            answer, timings, failures = _recommend(recommender, chunk)
+        except BaseException as exc:
+            results.put(("error", f"{type(exc).__name__}: {exc}"))
+            return
+        results.put(("ok", index, answer, timings, failures))
+
+
+def _die_with_parent() -> None:
+    """SIGKILL this process when its parent dies (Linux), so a killed job leaves no worker."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() == 1:  # the parent died before the call
+        os._exit(1)
 
 
 def _resumable_run(store, options: BatchOptions) -> dict:
@@ -410,6 +531,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"complete runs kept; older ones are deleted when a run completes (default {DEFAULT_KEEP})")
     parser.add_argument("--pause", type=float, default=0.0, metavar="SECONDS",
                         help="sleep after each chunk (leaves CPU to a server on the same machine)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="processes running the cascade, each with its own copy of the models "
+                             "(default 1: this process; the number of cores for throughput)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -419,7 +543,7 @@ def main(config: Config, args: argparse.Namespace) -> int:
 
     options = BatchOptions(k=args.k, db_url=args.db, user_ids=args.user_ids, users_file=args.users_file,
                            chunk_size=args.chunk_size, resume=args.resume, keep_runs=args.keep_runs,
-                           pause_s=args.pause, progress=not args.no_progress)
+                           pause_s=args.pause, progress=not args.no_progress, workers=args.workers)
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         result = run_batch(config, options)

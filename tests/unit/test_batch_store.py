@@ -232,6 +232,7 @@ def test_model_version_follows_content(tmp_path):
     (["batch", "--db", "sqlite:///{tmp}/recs.db"], "no trained artifacts in"),
     (["batch", "--db", "sqlite:///{tmp}/recs.db", "--k", "0"], "--k 0: must be between 1"),
     (["batch", "--db", "sqlite:///{tmp}/recs.db", "--keep-runs", "0"], "--keep-runs must be >= 1"),
+    (["batch", "--db", "sqlite:///{tmp}/recs.db", "--workers", "0"], "--workers must be >= 1"),
 ])
 def test_batch_mistakes_are_reported_in_one_line(argv, message, tmp_path, capsys):
     from recsys.servers import free_port
