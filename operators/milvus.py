@@ -10,6 +10,7 @@ import contextlib
 import logging
 import math
 import time
+import uuid
 
 import numpy as np
 from merlin.dag import BaseOperator, ColumnSelector, DataFormats
@@ -55,12 +56,17 @@ def quiet_pymilvus():
 
 
 def connect(cfg: MilvusConfig, timeout_s: float | None = None):
-    """A ``MilvusClient`` for ``cfg.uri`` (and token), failing with a clear message."""
+    """A ``MilvusClient`` for ``cfg.uri`` (and token), failing with a clear message.
+
+    Each client gets a connection of its own: pymilvus otherwise shares one connection
+    between all clients of the same address and token, and closing any of them closes it
+    for the others in the process (the batch runner's retrieval, a status probe, ...)."""
     from pymilvus import MilvusClient
 
     timeout = timeout_s or cfg.timeout_s
     try:
-        return MilvusClient(uri=cfg.endpoint, token=cfg.token, timeout=rpc_timeout(timeout))
+        return MilvusClient(uri=cfg.endpoint, token=cfg.token, timeout=rpc_timeout(timeout),
+                            alias=f"recsys-{uuid.uuid4().hex}")
     except Exception as exc:
         raise MilvusUnavailable(f"cannot connect to Milvus at {cfg.endpoint} within {timeout:.0f}s: "
                                 f"{_brief(exc)}") from exc

@@ -31,10 +31,37 @@ pytestmark = pytest.mark.integration
 UNKNOWN = [123_456_789, -5]
 
 
+def _served(client, users: np.ndarray, batch: int) -> dict[int, tuple[list, list]]:
+    out = {}
+    for start in range(0, len(users), batch):
+        answer = client.recommend(users[start:start + batch])
+        for row, user in enumerate(users[start:start + batch].tolist()):
+            out[user] = (answer["item_ids"][row].tolist(), np.round(answer["scores"][row], 5).tolist())
+    return out
+
+
+def _wait_until_settled(config, client, timeout_s: float = 60.0) -> None:
+    """Milvus 2.3's HNSW answers the first search of a query vector after a load slightly
+    differently from every repeat of it (measured on the trained vectors: 3-10 of 300 queries
+    differ between the first and second search, none after; not a matter of time or of a
+    warm-up with other vectors), which shifts the per-user standardized scores. Pass every
+    user through Triton until two passes agree, so the comparison is of settled answers."""
+    users = np.sort(pd.read_parquet(Artifacts.of(config).users)["user_id"].to_numpy())
+    previous, deadline = None, time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        current = _served(client, users, config.serving.max_batch_users)
+        if current == previous:
+            return
+        previous = current
+        time.sleep(1)
+    raise AssertionError(f"the served answers did not settle within {timeout_s:.0f}s")
+
+
 @pytest.fixture(scope="module")
-def first_run(serving_stack, tmp_path_factory):
+def first_run(serving_stack, clients, tmp_path_factory):
     """A complete batch over every training user with the served K, in SQLite."""
     config = serving_stack[0]
+    _wait_until_settled(config, clients["grpc"])
     path = tmp_path_factory.mktemp("batch") / "recs.db"
     result = run_batch(config, BatchOptions(k=config.serving.top_k, db_url=f"sqlite:///{path}",
                                             chunk_size=64, progress=False))
@@ -290,10 +317,12 @@ def postgres():
         shutil.rmtree(root, ignore_errors=True)
 
 
-def test_postgresql_stores_the_same_lists_as_sqlite(first_run, postgres, tmp_path, capsys):
+def test_postgresql_with_two_workers_stores_the_same_lists_as_sqlite(first_run, postgres, tmp_path, capsys):
     config, path, first = first_run
-    result = run_batch(config, BatchOptions(k=config.serving.top_k, db_url=postgres, chunk_size=64,
-                                            progress=False))
+    # two worker processes (each loads the exported cascade) and a chunk size that leaves a
+    # short last chunk: the same lists as the single-process run
+    result = run_batch(config, BatchOptions(k=config.serving.top_k, db_url=postgres, chunk_size=50,
+                                            progress=False, workers=2))
     on_pg = _lists(postgres, result.run_id)
     on_sqlite = _lists(f"sqlite:///{path}", first.run_id)
     assert set(on_pg) == set(on_sqlite)
@@ -302,7 +331,7 @@ def test_postgresql_stores_the_same_lists_as_sqlite(first_run, postgres, tmp_pat
         np.testing.assert_allclose(on_pg[user][1], scores, rtol=1e-6)
     store = BatchStore(postgres)
     run = store.get_run(result.run_id)
-    assert run["status"] == COMPLETE and run["parameters"]["users"] == "all"
+    assert run["status"] == COMPLETE and run["parameters"]["users"] == "all" and result.users_computed == len(on_sqlite)
     user = next(iter(on_sqlite))
     assert [r["item_id"] for r in store.current_recommendations(user)] == on_sqlite[user][0]
     store.close()

@@ -43,3 +43,18 @@ def test_index_types_build_and_search(serving_stack, index_type, index_params, s
     exact = ids[np.argsort(-(queries @ matrix.T), axis=1)[:, :20]]
     recall = np.mean([len(set(a) & set(b)) / 20 for a, b in zip(exact, found)])
     assert recall >= (0.99 if index_type == "FLAT" else 0.5), recall
+
+
+def test_closing_one_client_leaves_the_others_of_the_process_working(serving_stack):
+    """pymilvus shares one connection between clients of the same address and token unless
+    each is given its own; ``connect`` does, so a probe that closes its client cannot break
+    the retrieval operator's."""
+    from operators.milvus import connect
+
+    config = serving_stack[0]
+    kept, probe = connect(config.milvus), connect(config.milvus)
+    try:
+        probe.close()
+        assert kept.has_collection(config.milvus.collection)
+    finally:
+        kept.close()
