@@ -25,13 +25,16 @@ _CONFIG_TEMPLATE = """name: "{name}"
 backend: "python"
 max_batch_size: 0
 input [
-  {{ name: "user_id" data_type: TYPE_INT64 dims: [ -1 ] }}
+  {{ name: "user_id" data_type: TYPE_INT64 dims: [ -1 ] }},
+  {{ name: "filter" data_type: TYPE_STRING dims: [ 1 ] optional: true }},
+  {{ name: "filter_values" data_type: TYPE_STRING dims: [ 1 ] optional: true }}
 ]
 output [
   {{ name: "item_ids" data_type: TYPE_INT64 dims: [ -1, {k} ] }},
   {{ name: "scores" data_type: TYPE_FP32 dims: [ -1, {k} ] }},
   {{ name: "fallback" data_type: TYPE_BOOL dims: [ -1 ] }},
-  {{ name: "source" data_type: TYPE_STRING dims: [ -1 ] }}
+  {{ name: "source" data_type: TYPE_STRING dims: [ -1 ] }},
+  {{ name: "filled" data_type: TYPE_INT32 dims: [ -1 ] }}
 ]
 instance_group [
   {{ kind: KIND_CPU count: 1 }}

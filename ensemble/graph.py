@@ -1,8 +1,9 @@
 """The serving graph of the ``recommender`` model:
 
     user_id -> Feast(user) -> NVTabular(user) -> user tower -> QueryMilvus (retrieval_k, the
-            user's own items excluded) -> Feast(items) -> NVTabular(item) -> DLRM
-            -> order by the blended score (top_k) -> fallback / cold start
+            user's own items excluded, the request filter's Milvus part pushed down)
+            -> Feast(items) -> NVTabular(item) -> DLRM -> the request filter on the raw item
+            features -> order by the blended score (top_k) -> fallback / cold start
 
 Every column after retrieval is ``[batch, retrieval_k]``, so each user's candidates stay in
 that user's row from end to end. Feature names and types are the ones training wrote for the
@@ -19,7 +20,7 @@ from merlin.systems.dag import Ensemble
 
 from operators.feast_lookup import QueryFeatures
 from operators.milvus import QueryMilvus
-from operators.ordering import OrderCandidates, PopularFallback
+from operators.ordering import FilterCandidates, OrderCandidates, PopularFallback
 from operators.tensorflow import PredictSavedModel
 from operators.workflow import TransformFeatures
 from recsys.config import Config
@@ -27,6 +28,17 @@ from training.features import HISTORY
 from training.pipeline import Artifacts
 
 REQUEST_SCHEMA = Schema([ColumnSchema("user_id", dtype=np.int64, dims=(None,))])
+CATEGORY_FEATURE = "item_category"  # the item feature the Milvus collection stores
+
+
+def popular_item_features(config: Config, popular_ids: np.ndarray, features: dict[str, str]) -> dict[str, list]:
+    """The raw Feast features of the popular items (aligned with ``popular_ids``), for filling
+    filtered rows with popular items that pass the filter."""
+    rows = pd.read_parquet(config.feature_data_dir / "item_features.parquet").set_index("item_id")
+    rows = rows.reindex(popular_ids)
+    return {name: [None if not isinstance(v, (list, np.ndarray)) and pd.isna(v) else
+                   (list(v) if isinstance(v, np.ndarray) else v) for v in rows[name]]
+            for name in features if name in rows.columns}
 
 
 def feast_features(config: Config) -> dict[str, dict[str, str]]:
@@ -48,16 +60,22 @@ def build_ensemble(config: Config, artifacts: Artifacts) -> Ensemble:
     user_vector = user_encoded >> PredictSavedModel(artifacts.query_tower, "query_tower",
                                                     "user_embedding", (None, embedding_dim))
     retrieval_input = user_vector + user_raw[HISTORY] if serving.exclude_seen else user_vector
+    item_views = views["item_features"]
     candidates = retrieval_input >> QueryMilvus(
         top_k=serving.retrieval_k, exclude_column=HISTORY if serving.exclude_seen else None,
-        fill_ids=popular["item_id"].to_numpy())
+        fill_ids=popular["item_id"].to_numpy(),
+        category_feature=CATEGORY_FEATURE if CATEGORY_FEATURE in item_views else None)
     item_raw = candidates["candidate_ids"] >> QueryFeatures(
         "item_features", "item_id", views["item_features"], entity_column="candidate_ids",
         cache_ttl_s=ttl, warm_ids=pd.read_parquet(artifacts.items)["item_id"].to_numpy())
     item_encoded = item_raw >> TransformFeatures(artifacts.item_workflow, "item")
     ranked = (user_encoded + item_encoded) >> PredictSavedModel(
         artifacts.ranking_model, "dlrm", "ranking_score", (None, serving.retrieval_k))
-    ordered = (candidates + ranked) >> OrderCandidates(serving.top_k, ordering["retrieval_weight"])
+    kept = ((candidates["candidate_ids"] + item_raw[list(item_views)]) if item_views
+            else candidates["candidate_ids"]) >> FilterCandidates()
+    ordered = (kept + candidates["candidate_scores"] + ranked) >> OrderCandidates(
+        serving.top_k, ordering["retrieval_weight"])
     answer = (ordered + user_raw["user_found", HISTORY]) >> PopularFallback(
-        popular["item_id"].to_numpy(), popular["score"].to_numpy(), serving.top_k)
+        popular["item_id"].to_numpy(), popular["score"].to_numpy(), serving.top_k,
+        popular_features=popular_item_features(config, popular["item_id"].to_numpy(), item_views))
     return Ensemble(answer, REQUEST_SCHEMA)

@@ -12,7 +12,7 @@ from merlin.table import TensorTable
 
 from ensemble.executor import ServingExecutor
 
-OUTPUTS = ("item_ids", "scores", "fallback", "source")
+OUTPUTS = ("item_ids", "scores", "fallback", "source", "filled")
 
 
 class BadRequest(ValueError):
@@ -29,9 +29,11 @@ class Recommender:
         self.max_batch_users = max_batch_users
         self.executor = ServingExecutor()
         self.runtime = Runtime(executor=self.executor)
-        self._feature_lookups = [node.op for node in postorder_iter_nodes(ensemble.graph.output_node,
-                                                                          flatten_subgraphs=True)
-                                 if isinstance(node.op, QueryFeatures)]
+        ops = [node.op for node in postorder_iter_nodes(ensemble.graph.output_node, flatten_subgraphs=True)]
+        self._feature_lookups = [op for op in ops if isinstance(op, QueryFeatures)]
+        # operators that take the request's filter (retrieval pushdown, post-ranking, fill)
+        self._filtered = [op for op in ops if hasattr(op, "request_filter")]
+        self.item_feature_kinds = _item_feature_kinds(self._feature_lookups, ops)
 
     @classmethod
     def load(cls, ensemble_dir: str | Path) -> "Recommender":
@@ -57,11 +59,30 @@ class Recommender:
             raise BadRequest(f"user_id has {array.size} ids; at most {self.max_batch_users} per request")
         return array.astype(np.int64)
 
-    def recommend(self, user_ids) -> dict[str, np.ndarray]:
-        """Top-k raw item ids and scores (sorted) for each user id, the fallback flags and which
-        path answered each user (``source``)."""
+    def compile_filter(self, expression: str | None, values=None):
+        """The request's filter (:mod:`operators.filters`) checked against this catalogue's
+        item features, or ``None`` without an expression; :class:`BadRequest` if malformed."""
+        from operators.filters import FilterError, compile_filter
+
+        if expression is None or (isinstance(expression, str) and not expression.strip() and not values):
+            return None
+        try:
+            return compile_filter(expression, values, self.item_feature_kinds)
+        except FilterError as exc:
+            raise BadRequest(f"filter: {exc}") from None
+
+    def recommend(self, user_ids, item_filter=None) -> dict[str, np.ndarray]:
+        """Top-k raw item ids and scores (sorted) for each user id, the fallback flags, which
+        path answered each user (``source``) and how many items are popular fill-ins
+        (``filled``). ``item_filter``: a compiled filter (:meth:`compile_filter`) or ``None``."""
         request = TensorTable({"user_id": self.validate(user_ids)})
-        result = self.ensemble.transform(request, runtime=self.runtime)
+        for op in self._filtered:
+            op.request_filter = item_filter
+        try:
+            result = self.ensemble.transform(request, runtime=self.runtime)
+        finally:
+            for op in self._filtered:
+                op.request_filter = None
         return {name: np.asarray(result[name].values) for name in OUTPUTS}
 
     @property
@@ -76,3 +97,13 @@ class Recommender:
     def last_timings(self) -> dict[str, float]:
         """Seconds spent in each operator during the last :meth:`recommend` call."""
         return dict(self.executor.timings)
+
+
+def _item_feature_kinds(lookups, ops):
+    """What a filter may reference: the item features the cascade reads from Feast."""
+    from operators.filters import FeatureKinds
+    from operators.milvus import QueryMilvus
+
+    item_lookup = next((op for op in lookups if op.feature_view == "item_features"), None)
+    category = next((op.category_feature for op in ops if isinstance(op, QueryMilvus)), None)
+    return FeatureKinds.from_feast(dict(item_lookup.features) if item_lookup else {}, category)

@@ -1,6 +1,7 @@
 """The ``recommender`` model for Triton's Python backend.
 
-One request = a batch of raw user ids; the whole cascade runs in this process
+One request = a batch of raw user ids (and optionally a ``filter`` expression with its
+``filter_values``, see :mod:`operators.filters`); the whole cascade runs in this process
 (:class:`ensemble.runner.Recommender`). Mistakes of the caller come back as a clear error
 for that request; failures of a dependency (Milvus, Feast) come back as an error naming the
 dependency; the model keeps serving in both cases. An unreadable Feast online store is not an
@@ -55,7 +56,9 @@ class TritonPythonModel:
 
         try:
             user_ids = pb_utils.get_input_tensor_by_name(request, "user_id").as_numpy()
-            result = self.recommender.recommend(user_ids)
+            item_filter = self.recommender.compile_filter(_text_input(request, "filter"),
+                                                          _text_input(request, "filter_values"))
+            result = self.recommender.recommend(user_ids, item_filter)
         except BadRequest as exc:
             self._outcome_metrics["bad_request"].increment(1)
             return _error(f"bad request: {exc}")
@@ -71,6 +74,7 @@ class TritonPythonModel:
             pb_utils.Tensor("scores", result["scores"].astype(np.float32)),
             pb_utils.Tensor("fallback", result["fallback"].astype(np.bool_)),
             pb_utils.Tensor("source", result["source"].astype(np.object_)),
+            pb_utils.Tensor("filled", result["filled"].astype(np.int32)),
         ])
 
     def _record(self, result):
@@ -90,6 +94,27 @@ class TritonPythonModel:
             if metric is None:
                 metric = self._stage_metrics[stage] = self.stage_seconds.Metric(labels={"stage": stage})
             metric.increment(seconds)
+
+
+def _text_input(request, name):
+    """An optional one-element BYTES input as text (``None`` when absent)."""
+    from ensemble.runner import BadRequest
+
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    if tensor is None:
+        return None
+    values = tensor.as_numpy().reshape(-1)
+    if values.size != 1:
+        raise BadRequest(f"{name} must hold exactly one string, got {values.size}")
+    value = values[0]
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise BadRequest(f"{name} is not valid UTF-8") from None
+    if not isinstance(value, str):
+        raise BadRequest(f"{name} must be a string (BYTES), got {type(value).__name__}")
+    return value
 
 
 def _error(message):

@@ -197,13 +197,17 @@ class QueryMilvus(BaseOperator):
     """
 
     def __init__(self, top_k: int = 100, vector_column: str = "user_embedding",
-                 exclude_column: str | None = None, fill_ids=None, max_limit: int = 16_384):
+                 exclude_column: str | None = None, fill_ids=None, max_limit: int = 16_384,
+                 category_feature: str | None = None):
         super().__init__()
         self.top_k = int(top_k)
         self.vector_column = vector_column
         self.exclude_column = exclude_column
         self.fill_ids = np.asarray([] if fill_ids is None else fill_ids, dtype=np.int64)
         self.max_limit = int(max_limit)
+        # the item feature stored in the collection's category field (filters on it are pushed down)
+        self.category_feature = category_feature
+        self.request_filter = None  # set by the runner for one request (operators.filters)
         self._client = None
         self._cfg: MilvusConfig | None = None
 
@@ -240,7 +244,17 @@ class QueryMilvus(BaseOperator):
 
     def __getstate__(self) -> dict:
         # Clients, models and workflows are artifacts: loaded at model start, never pickled.
-        return {**self.__dict__, "_client": None, "_cfg": None}
+        return {**self.__dict__, "_client": None, "_cfg": None, "request_filter": None}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update({"category_feature": None, "request_filter": None, **state})
+
+    def _filter_expression(self) -> str:
+        """The Milvus search expression of the request's filter ("" when none or nothing of
+        it can be pushed down)."""
+        if self.request_filter is None:
+            return ""
+        return self.request_filter.milvus_expression(ID_FIELD, CATEGORY_FIELD, self.category_feature) or ""
 
     def transform(self, col_selector: ColumnSelector, transformable: TensorTable) -> TensorTable:
         if self._cfg is None:
@@ -287,7 +301,9 @@ class QueryMilvus(BaseOperator):
         try:
             if self._client is None:
                 self._client = self._connect(cfg.timeout_s)
+            expression = self._filter_expression()
             return self._client.search(cfg.collection, data=vectors.tolist(), limit=limit,
+                                       **({"filter": expression} if expression else {}),
                                        search_params=search_params(cfg, limit),
                                        timeout=rpc_timeout(cfg.timeout_s))
         except MilvusUnavailable:

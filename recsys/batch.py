@@ -52,6 +52,8 @@ class BatchOptions:
     pause_s: float = 0.0  # sleep after each chunk (leaves CPU to a co-located server)
     progress: bool = True
     workers: int = 1  # processes running the cascade (each loads its own copy); 1: in this process
+    filter: str | None = None  # a filter expression (operators.filters), as online
+    filter_values: dict | str | None = None  # its $PARAMETER values (dict or JSON object)
 
 
 @dataclass
@@ -218,12 +220,14 @@ def run_batch(config: Config, options: BatchOptions,
             run = _resumable_run(store, options)
             k, parameters = int(run["k"]), dict(run["parameters"])
             users, spec = _run_users(config, parameters)
+            item_filter = parameters.get("filter")
         else:
             k = DEFAULT_K if options.k is None else int(options.k)
             if not 1 <= k <= config.serving.retrieval_k:
                 raise ValueError(f"--k {k}: must be between 1 and serving.retrieval_k "
                                  f"({config.serving.retrieval_k}), the candidates the cascade ranks")
             users, spec = resolve_users(config, options.user_ids, options.users_file)
+            item_filter = _checked_filter(config, options.filter, options.filter_values)
         from recsys.stack import require_artifacts
 
         artifacts = require_artifacts(config)
@@ -241,7 +245,8 @@ def run_batch(config: Config, options: BatchOptions,
             parameters = {**spec, "k": k, "chunk_size": chunk_size, "keep_runs": options.keep_runs,
                           "retrieval_k": config.serving.retrieval_k,
                           "exclude_seen": config.serving.exclude_seen,
-                          "milvus_collection": config.milvus.collection, "workdir": str(config.workdir)}
+                          "milvus_collection": config.milvus.collection, "workdir": str(config.workdir),
+                          "filter": item_filter}
             store.start_run(run_id, k, parameters, version, len(users), worker_name())
         known = training_users(config)
         unknown = int((~np.isin(users, known)).sum())
@@ -253,7 +258,8 @@ def run_batch(config: Config, options: BatchOptions,
                 serving = replace(config.serving, top_k=k, max_batch_users=max(chunk_size, 1))
                 write_ensemble(replace(config, serving=serving), artifacts, batch_dir / "ensemble")
                 todo = _todo(store, run_id, users)
-                with _cascade(batch_dir / "ensemble", min(options.workers, max(len(todo), 1))) as answers:
+                with _cascade(batch_dir / "ensemble", min(options.workers, max(len(todo), 1)),
+                              item_filter) as answers:
                     setup_s = time.perf_counter() - setup_started
                     computed, compute_s, stages = _compute(store, answers, run_id, users, todo, chunk_size,
                                                            options, on_chunk)
@@ -325,11 +331,31 @@ def _compute(store, answers, run_id: str, users: np.ndarray, todo: np.ndarray, c
     return len(todo), time.perf_counter() - began - paused, dict(stages)
 
 
-def _recommend(recommender, users: np.ndarray) -> tuple[dict, dict[str, float], int]:
+def _checked_filter(config: Config, expression: str | None, values) -> dict | None:
+    """The run's filter as stored in its parameters (``{"expression", "values"}``), after
+    checking it against the catalogue's item features, or ``None``."""
+    if expression is None:
+        if values is not None:
+            raise ValueError("--filter-values without --filter")
+        return None
+    from ensemble.graph import CATEGORY_FEATURE, feast_features
+    from operators.filters import FeatureKinds, FilterError, compile_filter
+
+    item_features = feast_features(config)["item_features"]
+    try:
+        values = json.loads(values) if isinstance(values, str) else values
+        compile_filter(expression, values, FeatureKinds.from_feast(item_features, CATEGORY_FEATURE))
+    except (FilterError, ValueError) as exc:
+        raise ValueError(f"--filter: {exc}") from None
+    return {"expression": expression, "values": values or {}}
+
+
+def _recommend(recommender, users: np.ndarray, item_filter: dict | None = None) -> tuple[dict, dict[str, float], int]:
     """One chunk through the cascade: (answer, seconds per stage, ids Feast could not read)."""
     before = sum(recommender.feature_store_failures.values())
     began = time.perf_counter()
-    answer = recommender.recommend(users)
+    compiled = recommender.compile_filter(item_filter["expression"], item_filter["values"]) if item_filter else None
+    answer = recommender.recommend(users, compiled)
     elapsed = time.perf_counter() - began
     timings = recommender.last_timings
     timings["(graph overhead)"] = max(elapsed - sum(timings.values()), 0.0)
@@ -337,7 +363,7 @@ def _recommend(recommender, users: np.ndarray) -> tuple[dict, dict[str, float], 
 
 
 @contextmanager
-def _cascade(ensemble_dir: Path, workers: int):
+def _cascade(ensemble_dir: Path, workers: int, item_filter: dict | None = None):
     """Yields ``answers(chunks)``, an iterator of ``(chunk, answer, timings, failures)``: the
     served cascade of ``ensemble_dir`` (:class:`ensemble.runner.Recommender`) in this process,
     or in ``workers`` processes (each loads the ensemble; chunks come back as they finish)."""
@@ -348,7 +374,7 @@ def _cascade(ensemble_dir: Path, workers: int):
 
         def in_process(chunks):
             for chunk in chunks:
-                yield (chunk, *_recommend(recommender, chunk))
+                yield (chunk, *_recommend(recommender, chunk, item_filter))
 
         yield in_process
         return
@@ -356,7 +382,7 @@ def _cascade(ensemble_dir: Path, workers: int):
 
     context = multiprocessing.get_context("spawn")  # TensorFlow and gRPC do not survive fork
     tasks, results = context.Queue(), context.Queue()
-    processes = [context.Process(target=_worker, args=(str(ensemble_dir), tasks, results), daemon=True,
+    processes = [context.Process(target=_worker, args=(str(ensemble_dir), tasks, results, item_filter), daemon=True,
                                  name=f"recsys-batch-{n}") for n in range(workers)]
     for process in processes:
         process.start()
@@ -403,7 +429,7 @@ def _expect(message: tuple, kind: str) -> tuple:
     return message
 
 
-def _worker(ensemble_dir: str, tasks, results) -> None:
+def _worker(ensemble_dir: str, tasks, results, item_filter: dict | None = None) -> None:
     """A worker process: load the cascade once, then answer chunks until told to stop."""
     _die_with_parent()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -421,7 +447,7 @@ def _worker(ensemble_dir: str, tasks, results) -> None:
     while (task := tasks.get()) is not None:
         index, chunk = task
         try:
-            answer, timings, failures = _recommend(recommender, chunk)
+            answer, timings, failures = _recommend(recommender, chunk, item_filter)
         except BaseException as exc:
             results.put(("error", f"{type(exc).__name__}: {exc}"))
             return
@@ -456,6 +482,8 @@ def _resumable_run(store, options: BatchOptions) -> dict:
         raise ValueError(f"--resume {options.resume}: that run has k = {run['k']}; drop --k")
     if options.user_ids is not None or options.users_file:
         raise ValueError(f"--resume {options.resume} continues that run's own users; drop --users / --users-file")
+    if options.filter is not None or options.filter_values is not None:
+        raise ValueError(f"--resume {options.resume} continues with that run's own filter; drop --filter")
     return run
 
 
@@ -534,6 +562,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=1,
                         help="processes running the cascade, each with its own copy of the models "
                              "(default 1: this process; the number of cores for throughput)")
+    parser.add_argument("--filter", metavar="EXPRESSION",
+                        help="a filter expression, as online (README, Filters), e.g. "
+                             "'INCLUDE ItemID WHERE Items.genres IN ($GENRES)'")
+    parser.add_argument("--filter-values", metavar="JSON",
+                        help='values of the filter\'s $PARAMETERS, e.g. \'{"GENRES": ["Comedy"]}\'')
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -543,7 +576,8 @@ def main(config: Config, args: argparse.Namespace) -> int:
 
     options = BatchOptions(k=args.k, db_url=args.db, user_ids=args.user_ids, users_file=args.users_file,
                            chunk_size=args.chunk_size, resume=args.resume, keep_runs=args.keep_runs,
-                           pause_s=args.pause, progress=not args.no_progress, workers=args.workers)
+                           pause_s=args.pause, progress=not args.no_progress, workers=args.workers,
+                           filter=args.filter, filter_values=args.filter_values)
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         result = run_batch(config, options)

@@ -1,9 +1,11 @@
 """A small tritonclient wrapper for the ``recommender`` model, over HTTP or gRPC."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 
-OUTPUTS = ("item_ids", "scores", "fallback", "source")
+OUTPUTS = ("item_ids", "scores", "fallback", "source", "filled")
 
 
 class RecommendError(RuntimeError):
@@ -34,10 +36,18 @@ class RecommenderClient:
             self._client = module.InferenceServerClient(url)
         self._module = module
 
-    def recommend(self, user_ids, dtype: str = "INT64") -> dict[str, np.ndarray]:
-        """Top-k raw item ids, scores, fallback flags and the answering path (``source``:
-        personalized / features / popular) for each user id (row i = user i)."""
-        answer = self._infer(self.model_name, "user_id", user_ids, OUTPUTS, dtype)
+    def recommend(self, user_ids, dtype: str = "INT64", filter: str | None = None,
+                  filter_values: dict | str | None = None) -> dict[str, np.ndarray]:
+        """Top-k raw item ids, scores, fallback flags, the answering path (``source``:
+        personalized / features / popular) and the number of popular fill-ins (``filled``)
+        for each user id (row i = user i). ``filter``: a filter expression (README, Filters)
+        with its ``$PARAMETER`` values in ``filter_values`` (a dict or a JSON object)."""
+        extra = {}
+        if filter is not None:
+            extra["filter"] = filter
+        if filter_values is not None:
+            extra["filter_values"] = filter_values if isinstance(filter_values, str) else json.dumps(filter_values)
+        answer = self._infer(self.model_name, "user_id", user_ids, OUTPUTS, dtype, extra)
         answer["source"] = np.array([s.decode() if isinstance(s, bytes) else str(s)
                                      for s in answer["source"]], dtype=object)
         return answer
@@ -47,7 +57,8 @@ class RecommenderClient:
         ``found`` (false: the id is not in the collection, the row is the popular items)."""
         return self._infer(model_name, "item_id", item_ids, ("item_ids", "scores", "found"))
 
-    def _infer(self, model: str, input_name: str, ids, outputs, dtype: str = "INT64") -> dict:
+    def _infer(self, model: str, input_name: str, ids, outputs, dtype: str = "INT64",
+               text_inputs: dict[str, str] | None = None) -> dict:
         from tritonclient.utils import InferenceServerException
 
         values = np.asarray(ids)
@@ -55,12 +66,17 @@ class RecommenderClient:
             values = values.astype(np.int64)
         tensor = self._module.InferInput(input_name, list(values.shape), dtype)
         tensor.set_data_from_numpy(values)
+        tensors = [tensor]
+        for name, text in (text_inputs or {}).items():
+            extra = self._module.InferInput(name, [1], "BYTES")
+            extra.set_data_from_numpy(np.array([text.encode("utf-8")], dtype=np.object_))
+            tensors.append(extra)
         requested = [self._module.InferRequestedOutput(name) for name in outputs]
         try:
             if self.protocol == "grpc":
-                result = self._client.infer(model, [tensor], outputs=requested, client_timeout=self.timeout_s)
+                result = self._client.infer(model, tensors, outputs=requested, client_timeout=self.timeout_s)
             else:
-                result = self._client.infer(model, [tensor], outputs=requested)
+                result = self._client.infer(model, tensors, outputs=requested)
         except InferenceServerException as exc:
             raise RecommendError(exc.message()) from exc
         return {name: result.as_numpy(name) for name in outputs}

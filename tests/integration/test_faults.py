@@ -1,5 +1,6 @@
-"""Faults of a dependency while Triton serves. (Runs first among the integration tests: the
-users it asks for are not yet in the model's feature cache.)"""
+"""Faults of a dependency while Triton serves. (Runs first among the integration tests,
+``RUN_FIRST`` in tests/conftest.py: the users it asks for are not yet in the model's feature
+cache.)"""
 from __future__ import annotations
 
 import re
