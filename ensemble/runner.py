@@ -2,6 +2,7 @@
 jobs and tests that need exactly the served cascade without a server."""
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -31,9 +32,7 @@ class Recommender:
         self.runtime = Runtime(executor=self.executor)
         ops = [node.op for node in postorder_iter_nodes(ensemble.graph.output_node, flatten_subgraphs=True)]
         self._feature_lookups = [op for op in ops if isinstance(op, QueryFeatures)]
-        # operators that take the request's filter (retrieval pushdown, post-ranking, fill)
-        self._filtered = [op for op in ops if hasattr(op, "request_filter")]
-        self.item_feature_kinds = _item_feature_kinds(self._feature_lookups, ops)
+        self.filters = FilterScope(ops)
 
     @classmethod
     def load(cls, ensemble_dir: str | Path) -> "Recommender":
@@ -61,28 +60,16 @@ class Recommender:
 
     def compile_filter(self, expression: str | None, values=None):
         """The request's filter (:mod:`operators.filters`) checked against this catalogue's
-        item features, or ``None`` without an expression; :class:`BadRequest` if malformed."""
-        from operators.filters import FilterError, compile_filter
-
-        if expression is None or (isinstance(expression, str) and not expression.strip() and not values):
-            return None
-        try:
-            return compile_filter(expression, values, self.item_feature_kinds)
-        except FilterError as exc:
-            raise BadRequest(f"filter: {exc}") from None
+        item features, or ``None`` without one; :class:`BadRequest` if malformed."""
+        return self.filters.compile(expression, values, BadRequest)
 
     def recommend(self, user_ids, item_filter=None) -> dict[str, np.ndarray]:
         """Top-k raw item ids and scores (sorted) for each user id, the fallback flags, which
         path answered each user (``source``) and how many items are popular fill-ins
         (``filled``). ``item_filter``: a compiled filter (:meth:`compile_filter`) or ``None``."""
         request = TensorTable({"user_id": self.validate(user_ids)})
-        for op in self._filtered:
-            op.request_filter = item_filter
-        try:
+        with self.filters.applied(item_filter):
             result = self.ensemble.transform(request, runtime=self.runtime)
-        finally:
-            for op in self._filtered:
-                op.request_filter = None
         return {name: np.asarray(result[name].values) for name in OUTPUTS}
 
     @property
@@ -99,11 +86,42 @@ class Recommender:
         return dict(self.executor.timings)
 
 
-def _item_feature_kinds(lookups, ops):
-    """What a filter may reference: the item features the cascade reads from Feast."""
-    from operators.filters import FeatureKinds
-    from operators.milvus import QueryMilvus
+class FilterScope:
+    """The operators of a loaded graph that take a request's filter (``request_filter``:
+    retrieval pushdown, post-ranking filter, popular fill) and what a filter may reference
+    there (the item features the graph reads from Feast)."""
 
-    item_lookup = next((op for op in lookups if op.feature_view == "item_features"), None)
-    category = next((op.category_feature for op in ops if isinstance(op, QueryMilvus)), None)
-    return FeatureKinds.from_feast(dict(item_lookup.features) if item_lookup else {}, category)
+    def __init__(self, ops):
+        from operators.feast_lookup import QueryFeatures
+        from operators.filters import FeatureKinds
+        from operators.milvus import QueryMilvus
+
+        self.operators = [op for op in ops if hasattr(op, "request_filter")]
+        lookup = next((op for op in ops if isinstance(op, QueryFeatures) and op.feature_view == "item_features"), None)
+        category = next((op.category_feature for op in ops if isinstance(op, QueryMilvus)), None)
+        self.kinds = FeatureKinds.from_feast(dict(lookup.features) if lookup else {}, category)
+
+    def compile(self, expression: str | None, values, error: type[Exception]):
+        """The compiled filter, ``None`` without an expression; ``error("filter: ...")`` if malformed."""
+        from operators.filters import FilterError, compile_filter
+
+        if expression is None:
+            if values is not None:
+                raise error("filter: filter_values given without a filter")
+            return None
+        try:
+            return compile_filter(expression, values, self.kinds)
+        except FilterError as exc:
+            raise error(f"filter: {exc}") from None
+
+    @contextmanager
+    def applied(self, item_filter):
+        """Set ``item_filter`` on the operators for one request (a model instance serves one
+        request at a time), and clear it afterwards whatever happens."""
+        for op in self.operators:
+            op.request_filter = item_filter
+        try:
+            yield
+        finally:
+            for op in self.operators:
+                op.request_filter = None

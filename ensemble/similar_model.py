@@ -27,7 +27,9 @@ class TritonPythonModel:
 
         try:
             item_ids = pb_utils.get_input_tensor_by_name(request, "item_id").as_numpy()
-            result = self.runner.similar(item_ids)
+            item_filter = self.runner.compile_filter(_text_input(request, "filter"),
+                                                     _text_input(request, "filter_values"))
+            result = self.runner.similar(item_ids, item_filter)
         except BadItemRequest as exc:
             return _error(f"bad request: {exc}")
         except MilvusUnavailable as exc:
@@ -40,6 +42,13 @@ class TritonPythonModel:
             pb_utils.Tensor("scores", result["scores"].astype(np.float32)),
             pb_utils.Tensor("found", result["found"].astype(np.bool_)),
         ])
+
+
+def _text_input(request, name):
+    from ensemble.request_inputs import optional_text
+    from ensemble.similar import BadItemRequest
+
+    return optional_text(pb_utils.get_input_tensor_by_name(request, name), name, BadItemRequest)
 
 
 def _error(message):

@@ -97,24 +97,10 @@ class TritonPythonModel:
 
 
 def _text_input(request, name):
-    """An optional one-element BYTES input as text (``None`` when absent)."""
+    from ensemble.request_inputs import optional_text
     from ensemble.runner import BadRequest
 
-    tensor = pb_utils.get_input_tensor_by_name(request, name)
-    if tensor is None:
-        return None
-    values = tensor.as_numpy().reshape(-1)
-    if values.size != 1:
-        raise BadRequest(f"{name} must hold exactly one string, got {values.size}")
-    value = values[0]
-    if isinstance(value, bytes):
-        try:
-            return value.decode("utf-8")
-        except UnicodeDecodeError:
-            raise BadRequest(f"{name} is not valid UTF-8") from None
-    if not isinstance(value, str):
-        raise BadRequest(f"{name} must be a string (BYTES), got {type(value).__name__}")
-    return value
+    return optional_text(pb_utils.get_input_tensor_by_name(request, name), name, BadRequest)
 
 
 def _error(message):

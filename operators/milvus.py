@@ -332,8 +332,10 @@ class SimilarItems(QueryMilvus):
     most popular items) and ``found = False``. Every row is searched with the same depth, so a
     batch answers exactly what each item gets alone."""
 
-    def __init__(self, top_k: int = 10, fill_ids=None, max_limit: int = 16_384):
-        super().__init__(top_k=top_k, vector_column="item_id", fill_ids=fill_ids, max_limit=max_limit)
+    def __init__(self, top_k: int = 10, fill_ids=None, max_limit: int = 16_384,
+                 category_feature: str | None = None):
+        super().__init__(top_k=top_k, vector_column="item_id", fill_ids=fill_ids, max_limit=max_limit,
+                         category_feature=category_feature)
 
     def transform(self, col_selector: ColumnSelector, transformable: TensorTable) -> TensorTable:
         if self._cfg is None:

@@ -185,3 +185,37 @@ class PopularFallback(BaseOperator):
     @property
     def supported_formats(self) -> DataFormats:
         return DataFormats.NUMPY_TENSOR_TABLE
+
+
+class TopSimilar(PopularFallback):
+    """The last step of ``similar_items``: ``item_ids`` / ``scores`` ``[batch, depth]`` (nearest
+    first, -1 where the request's filter rejected an item), ``found`` and the requested
+    ``item_id`` ``[batch]`` in; the first ``top_k`` remaining items per row out, filled from the
+    popular items that pass the filter (never the item itself), then -1 / -inf."""
+
+    def __init__(self, popular_ids, top_k: int = 10, popular_features: dict | None = None):
+        super().__init__(popular_ids, np.zeros(len(popular_ids), dtype=np.float32), top_k,
+                         popular_features=popular_features)
+
+    def transform(self, col_selector: ColumnSelector, transformable: TensorTable) -> TensorTable:
+        ids = np.asarray(transformable["item_ids"].values, dtype=np.int64)
+        scores = np.asarray(transformable["scores"].values, dtype=np.float32)
+        asked = np.asarray(transformable["item_id"].values, dtype=np.int64).reshape(-1)
+        popular_ids, _ = self._allowed()
+        out_ids = np.full((len(ids), self.top_k), MISSING_ID, dtype=np.int64)
+        out_scores = np.full((len(ids), self.top_k), -np.inf, dtype=np.float32)
+        for row in range(len(ids)):
+            kept = np.flatnonzero(ids[row] != MISSING_ID)[: self.top_k]
+            out_ids[row, : len(kept)] = ids[row, kept]
+            out_scores[row, : len(kept)] = scores[row, kept]
+            if len(kept) < self.top_k:
+                self._fill_row(out_ids[row], out_scores[row], {int(asked[row])}, popular_ids)
+        return TensorTable({"item_ids": out_ids, "scores": out_scores,
+                            "found": np.asarray(transformable["found"].values, dtype=bool)})
+
+    def compute_output_schema(self, input_schema: Schema, col_selector: ColumnSelector,
+                              prev_output_schema: Schema = None) -> Schema:
+        dims = (None, self.top_k)
+        return Schema([ColumnSchema("item_ids", dtype=np.int64, dims=dims),
+                       ColumnSchema("scores", dtype=np.float32, dims=dims),
+                       ColumnSchema("found", dtype=np.bool_, dims=(None,))])

@@ -92,6 +92,9 @@ def _parser() -> argparse.ArgumentParser:
     similar.add_argument("item_ids", nargs="+", type=int)
     similar.add_argument("--grpc", action="store_true", help="use gRPC instead of HTTP")
     similar.add_argument("--url", help="host:port (default: the configured Triton address)")
+    for command in (recommend, similar):
+        command.add_argument("--filter", metavar="EXPRESSION", help="a filter expression (README, Filters)")
+        command.add_argument("--filter-values", metavar="JSON", help="values of the filter's $PARAMETERS")
     for command in sub.choices.values():  # the common options are also accepted after the command
         command.add_argument("--config", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         command.add_argument("--workdir", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
@@ -199,8 +202,9 @@ def _recommend(config: Config, args) -> int:
     similar = args.command == "similar"
     try:
         client = RecommenderClient(url, protocol, config.serving.model_name)
-        answer = (client.similar(args.item_ids, config.serving.similar_model_name) if similar
-                  else client.recommend(args.user_ids))
+        within = {"filter": args.filter, "filter_values": args.filter_values}
+        answer = (client.similar(args.item_ids, config.serving.similar_model_name, **within) if similar
+                  else client.recommend(args.user_ids, **within))
     except RecommendError as exc:
         print(f"error from the {'similar_items model' if similar else 'recommender'}: {exc}", file=sys.stderr)
         return 2
@@ -212,7 +216,8 @@ def _recommend(config: Config, args) -> int:
             flag = "" if answer["found"][row] else "  (not in the collection: most popular)"
         else:
             flag = "  (fallback: most popular)" if answer["fallback"][row] else ""
-        pairs = ", ".join(f"{i}:{s:.4f}" for i, s in zip(answer["item_ids"][row], answer["scores"][row]))
+        pairs = ", ".join(f"{i}:{s:.4f}" for i, s in zip(answer["item_ids"][row], answer["scores"][row])
+                          if i != -1)
         print(f"{'item' if similar else 'user'} {key}{flag}: {pairs}")
     return 0
 

@@ -42,20 +42,19 @@ class RecommenderClient:
         personalized / features / popular) and the number of popular fill-ins (``filled``)
         for each user id (row i = user i). ``filter``: a filter expression (README, Filters)
         with its ``$PARAMETER`` values in ``filter_values`` (a dict or a JSON object)."""
-        extra = {}
-        if filter is not None:
-            extra["filter"] = filter
-        if filter_values is not None:
-            extra["filter_values"] = filter_values if isinstance(filter_values, str) else json.dumps(filter_values)
-        answer = self._infer(self.model_name, "user_id", user_ids, OUTPUTS, dtype, extra)
+        answer = self._infer(self.model_name, "user_id", user_ids, OUTPUTS, dtype,
+                             _filter_inputs(filter, filter_values))
         answer["source"] = np.array([s.decode() if isinstance(s, bytes) else str(s)
                                      for s in answer["source"]], dtype=object)
         return answer
 
-    def similar(self, item_ids, model_name: str = "similar_items") -> dict[str, np.ndarray]:
+    def similar(self, item_ids, model_name: str = "similar_items", filter: str | None = None,
+                filter_values: dict | str | None = None) -> dict[str, np.ndarray]:
         """The ``similar_items`` model: nearest raw item ids and scores per item id, and
-        ``found`` (false: the id is not in the collection, the row is the popular items)."""
-        return self._infer(model_name, "item_id", item_ids, ("item_ids", "scores", "found"))
+        ``found`` (false: the id is not in the collection, the row is the popular items);
+        ``filter`` / ``filter_values`` as in :meth:`recommend`."""
+        return self._infer(model_name, "item_id", item_ids, ("item_ids", "scores", "found"), "INT64",
+                           _filter_inputs(filter, filter_values))
 
     def _infer(self, model: str, input_name: str, ids, outputs, dtype: str = "INT64",
                text_inputs: dict[str, str] | None = None) -> dict:
@@ -89,3 +88,13 @@ class RecommenderClient:
 
     def close(self) -> None:
         self._client.close()
+
+
+def _filter_inputs(expression: str | None, values: dict | str | None) -> dict[str, str]:
+    """The optional ``filter`` / ``filter_values`` text inputs of a request."""
+    inputs = {}
+    if expression is not None:
+        inputs["filter"] = expression
+    if values is not None:
+        inputs["filter_values"] = values if isinstance(values, str) else json.dumps(values)
+    return inputs

@@ -140,3 +140,25 @@ def test_the_batch_job_applies_the_same_filter_as_serving(serving_stack, clients
         store.close()
     with pytest.raises(ValueError, match="--filter: unknown item feature"):
         run_batch(config, BatchOptions(db_url=url, filter="INCLUDE ItemID WHERE Items.nope = 1", progress=False))
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_similar_items_within_a_filter(clients, catalogue, item_features, protocol):
+    _, items, popular = catalogue
+    asked = [int(i) for i in popular[:4]]
+    plain = clients[protocol].similar(asked)
+    answer = clients[protocol].similar(asked, filter=ON_GENRE, filter_values={"GENRES": ["Drama"]})
+    for row, item in enumerate(asked):
+        ids = _valid(answer["item_ids"][row])
+        assert ids and item not in ids and set(ids) <= items
+        assert all("Drama" in _genres(item_features, i) for i in ids)
+        assert np.all(np.diff(answer["scores"][row][: len(ids)]) <= 0)
+    # without a filter, the answer is what it was before filters existed: top-k, itself excluded
+    assert all(item not in plain["item_ids"][row] for row, item in enumerate(asked))
+    assert (plain["item_ids"] != -1).all()
+    unknown = clients[protocol].similar([987_654_321], filter=ON_GENRE, filter_values={"GENRES": ["Drama"]})
+    assert not unknown["found"][0]
+    assert all("Drama" in _genres(item_features, i) for i in _valid(unknown["item_ids"][0]))
+    with pytest.raises(RecommendError, match=r"bad request: filter: unknown item feature 'nope'"):
+        clients[protocol].similar(asked, filter="INCLUDE ItemID WHERE Items.nope = 1")
+    assert clients[protocol].similar(asked[:1])["item_ids"].shape[0] == 1

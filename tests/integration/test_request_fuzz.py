@@ -61,3 +61,72 @@ def test_generated_requests_answered_or_rejected_clearly(serving_stack, protocol
 
     check()
     client.close()
+
+
+FRAGMENTS = ["INCLUDE", "EXCLUDE", "ItemID", "WHERE", "Items.genres", "Items.release_year",
+             "Items.item_interactions", "Items.nope", "IN", "NOT", "AND", "OR", "=", "!=", "<", ">=",
+             "(", ")", ",", "|", "$P", "$Q", "'Drama'", '"x\\" or id > 0 or \\""', "3", "-1.5",
+             "500001", "id > 0", ";", "\x00", "]"]
+
+
+@st.composite
+def filters(draw):
+    """Filter expressions: grammatical ones with hostile values, and fragment soup."""
+    if draw(st.booleans()):
+        expression = draw(st.sampled_from([
+            "INCLUDE ItemID WHERE Items.genres IN $P",
+            "EXCLUDE ItemID WHERE ItemID IN $P",
+            "INCLUDE ItemID WHERE Items.release_year = $P | EXCLUDE ItemID WHERE Items.item_interactions < $Q",
+        ]))
+    else:
+        expression = " ".join(draw(st.lists(st.sampled_from(FRAGMENTS), max_size=12)))
+    scalar = st.one_of(st.text(max_size=20), st.integers(-2**70, 2**70), st.floats(), st.booleans(), st.none())
+    values = draw(st.one_of(
+        st.dictionaries(st.sampled_from(["P", "Q", "R", "bad name"]), st.one_of(scalar, st.lists(scalar, max_size=4)),
+                        max_size=3),
+        st.text(max_size=30)))
+    return expression, values
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_generated_filters_answered_or_rejected_clearly(serving_stack, catalogue, protocol):
+    """Whatever filter text and values a caller sends: a filtered answer (ids in the catalogue,
+    -1 only at the end, sorted scores) when the filter is valid, ``bad request: filter: ...``
+    when not - decided exactly as the filter engine decides - and the server keeps serving."""
+    import json
+
+    from ensemble.graph import feast_features
+    from operators.filters import FeatureKinds, FilterError, compile_filter
+
+    config, _, triton = serving_stack
+    users, items, _ = catalogue
+    kinds = FeatureKinds.from_feast(feast_features(config)["item_features"])
+    url = triton.http_url if protocol == "http" else triton.grpc_url
+    client = RecommenderClient(url, protocol)
+
+    @settings(max_examples=30, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+    @given(filters())
+    def check(request):
+        expression, values = request
+        sent = values if isinstance(values, str) else json.dumps(values)
+        try:
+            compile_filter(expression, sent, kinds)
+            valid = True
+        except FilterError:
+            valid = False
+        try:
+            answer = client.recommend(users[:3], filter=expression, filter_values=sent)
+        except RecommendError as exc:
+            assert not valid, f"valid filter rejected: {exc}"
+            assert "bad request: filter:" in str(exc), str(exc)
+        else:
+            assert valid, f"invalid filter answered: {expression!r} {sent!r}"
+            for row, scores in zip(answer["item_ids"], answer["scores"]):
+                ids = row.tolist()
+                head = ids[: ids.index(-1)] if -1 in ids else ids
+                assert set(head) <= items and all(i == -1 for i in ids[len(head):])
+                assert np.all(np.diff(scores[: len(head)]) <= 0) and np.all(np.isneginf(scores[len(head):]))
+        assert client.ready()
+
+    check()
+    client.close()

@@ -134,3 +134,19 @@ def test_popular_fill_respects_the_filter_and_is_counted():
     assert out["item_ids"].values.tolist() == [[7, 100, 103], [100, 102, 103]]
     assert out["filled"].values.tolist() == [2, 3]
     assert (np.diff(out["scores"].values, axis=1) <= 0).all()
+
+
+def test_top_similar_keeps_the_nearest_passing_items_and_fills_within_the_filter():
+    from operators.ordering import TopSimilar
+
+    op = TopSimilar(popular_ids=[100, 101, 102], top_k=3,
+                    popular_features={"release_year": ["1995", "1996", "1995"]})
+    op.request_filter = compile_filter("INCLUDE ItemID WHERE Items.release_year = '1995'", None, KINDS)
+    table = TensorTable({"item_ids": np.array([[7, -1, 8, -1], [-1, -1, -1, -1]]),
+                         "scores": np.array([[0.9, 0.8, 0.7, 0.6], [0.5, 0.4, 0.3, 0.2]], dtype=np.float32),
+                         "found": np.array([True, True]), "item_id": np.array([1, 100])})
+    out = op.transform(None, table)
+    # row 1: 7 and 8, then popular 100 (102 would be next); row 2: never the item itself (100)
+    assert out["item_ids"].values.tolist() == [[7, 8, 100], [102, -1, -1]]
+    assert out["scores"].values[0, :2].tolist() == pytest.approx([0.9, 0.7])
+    assert np.isneginf(out["scores"].values[1, 1:]).all()
