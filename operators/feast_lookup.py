@@ -87,13 +87,12 @@ class QueryFeatures(BaseOperator):
             self._open(artifact_path)
 
     def _open(self, artifact_path: str) -> None:
-        from feast import FeatureStore
-
-        repo = serving_config(artifact_path).feature_repo
+        settings = serving_config(artifact_path)
         try:
-            self._store = FeatureStore(repo_path=str(repo))
+            self._store = settings.open_feature_store()
         except Exception as exc:  # Feast raises many types for a bad repo
-            raise FeatureStoreUnavailable(f"cannot open the Feast repo at {repo}: {exc}") from exc
+            raise FeatureStoreUnavailable(
+                f"cannot open the Feast repo at {settings.feature_store_file}: {exc}") from exc
         if self.warm_ids is not None and self.cache_ttl_s > 0:
             ids = self.warm_ids.tolist()[: self.cache_max_entries]
             for start in range(0, len(ids), 5000):

@@ -158,15 +158,13 @@ class Catalog:
         return items
 
     def _write_features(self, items: pd.DataFrame) -> None:
-        from feast import FeatureStore
-
         from training.features import Features
         from training.pipeline import _feast_frame
 
         spec = json.loads(self.artifacts.features.read_text())["item"]
         frame = _feast_frame(items, Features(**spec))
         frame["event_timestamp"] = pd.Timestamp.now(tz="UTC").floor("s")
-        store = FeatureStore(repo_path=str(self.config.feature_repo))
+        store = self.config.open_feature_store()
         store.write_to_online_store(ITEM_VIEW, frame)
 
     def _wait_until_searchable(self, client, ids: np.ndarray, timeout_s: float) -> None:

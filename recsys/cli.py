@@ -20,6 +20,10 @@ import sys
 from recsys.config import Config, load_config
 
 
+URL_HELP = ("host:port, or several Triton replicas separated by commas (used in round robin); "
+            "default: triton.http_endpoints / grpc_endpoints, else the local Triton")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="recsys", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -87,11 +91,11 @@ def _parser() -> argparse.ArgumentParser:
     recommend = sub.add_parser("recommend", help="query a running recommender")
     recommend.add_argument("user_ids", nargs="+", type=int)
     recommend.add_argument("--grpc", action="store_true", help="use gRPC instead of HTTP")
-    recommend.add_argument("--url", help="host:port (default: the configured Triton address)")
+    recommend.add_argument("--url", help=URL_HELP)
     similar = sub.add_parser("similar", help="query the running similar_items model")
     similar.add_argument("item_ids", nargs="+", type=int)
     similar.add_argument("--grpc", action="store_true", help="use gRPC instead of HTTP")
-    similar.add_argument("--url", help="host:port (default: the configured Triton address)")
+    similar.add_argument("--url", help=URL_HELP)
     for command in (recommend, similar):
         command.add_argument("--filter", metavar="EXPRESSION", help="a filter expression (README, Filters)")
         command.add_argument("--filter-values", metavar="JSON", help="values of the filter's $PARAMETERS")
@@ -197,8 +201,7 @@ def _recommend(config: Config, args) -> int:
     from recsys.client import RecommendError, RecommenderClient
 
     protocol = "grpc" if args.grpc else "http"
-    url = args.url or (f"{config.triton.host}:{config.triton.grpc_port}" if args.grpc
-                       else f"{config.triton.host}:{config.triton.http_port}")
+    url = args.url or ",".join(config.triton.client_endpoints(protocol))
     similar = args.command == "similar"
     try:
         client = RecommenderClient(url, protocol, config.serving.model_name)

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -12,29 +14,42 @@ class RecommendError(RuntimeError):
     """Triton answered the request with an error (the message says what is wrong)."""
 
 
+class TritonUnreachable(ConnectionError):
+    """No configured Triton endpoint could be reached (each one's error is in the message)."""
+
+
 class RecommenderClient:
     """Send batches of raw user ids to the ``recommender`` model.
 
-    ``url`` is ``host:port`` of Triton's HTTP (default 8000) or gRPC (default 8001) endpoint.
+    ``url`` is ``host:port`` of Triton's HTTP (default 8000) or gRPC (default 8001) endpoint,
+    or several of them (a list, or comma-separated): replicas serving the same model
+    repository, used in round robin. A replica that cannot be reached is skipped (the request
+    goes to the next one) and rested for ``rest_s`` seconds; an error the model answers with is
+    not retried elsewhere (every replica would give it). One client per thread.
     """
 
-    def __init__(self, url: str, protocol: str = "http", model_name: str = "recommender",
-                 timeout_s: float = 30.0):
+    def __init__(self, url: str | Sequence[str], protocol: str = "http", model_name: str = "recommender",
+                 timeout_s: float = 30.0, rest_s: float = 5.0):
         if protocol not in ("http", "grpc"):
             raise ValueError("protocol must be 'http' or 'grpc'")
+        self.endpoints = _endpoints(url)
         self.protocol = protocol
         self.model_name = model_name
         self.timeout_s = timeout_s
+        self.rest_s = rest_s
         if protocol == "http":
             import tritonclient.http as module
 
-            self._client = module.InferenceServerClient(url, connection_timeout=timeout_s,
-                                                        network_timeout=timeout_s)
+            self._clients = [module.InferenceServerClient(e, connection_timeout=timeout_s,
+                                                          network_timeout=timeout_s) for e in self.endpoints]
         else:
             import tritonclient.grpc as module
 
-            self._client = module.InferenceServerClient(url)
+            self._clients = [module.InferenceServerClient(e) for e in self.endpoints]
         self._module = module
+        self._turn = 0
+        self._resting_until = [0.0] * len(self.endpoints)
+        self.answered = [0] * len(self.endpoints)  # requests each endpoint answered
 
     def recommend(self, user_ids, dtype: str = "INT64", filter: str | None = None,
                   filter_values: dict | str | None = None) -> dict[str, np.ndarray]:
@@ -71,23 +86,69 @@ class RecommenderClient:
             extra.set_data_from_numpy(np.array([text.encode("utf-8")], dtype=np.object_))
             tensors.append(extra)
         requested = [self._module.InferRequestedOutput(name) for name in outputs]
-        try:
-            if self.protocol == "grpc":
-                result = self._client.infer(model, tensors, outputs=requested, client_timeout=self.timeout_s)
-            else:
-                result = self._client.infer(model, tensors, outputs=requested)
-        except InferenceServerException as exc:
-            raise RecommendError(exc.message()) from exc
-        return {name: result.as_numpy(name) for name in outputs}
+        unreachable = []
+        for index in self._rotation():
+            client = self._clients[index]
+            try:
+                if self.protocol == "grpc":
+                    result = client.infer(model, tensors, outputs=requested, client_timeout=self.timeout_s)
+                else:
+                    result = client.infer(model, tensors, outputs=requested)
+            except (InferenceServerException, OSError) as exc:
+                if not _unreachable(exc):
+                    raise RecommendError(exc.message()) from exc
+                self._resting_until[index] = time.monotonic() + self.rest_s
+                unreachable.append(f"{self.endpoints[index]}: {_describe(exc)}")
+                continue
+            self.answered[index] += 1
+            return {name: result.as_numpy(name) for name in outputs}
+        raise TritonUnreachable(f"no Triton endpoint answered ({self.protocol}): " + "; ".join(unreachable))
+
+    def _rotation(self) -> list[int]:
+        """Endpoint indexes in round-robin order from the next turn, rested ones last."""
+        count = len(self.endpoints)
+        order = [(self._turn + step) % count for step in range(count)]
+        self._turn = (self._turn + 1) % count
+        now = time.monotonic()
+        return sorted(order, key=lambda i: self._resting_until[i] > now)  # stable: keeps the turn order
 
     def ready(self) -> bool:
-        try:
-            return bool(self._client.is_model_ready(self.model_name))
-        except Exception:
-            return False
+        """Whether at least one endpoint has the model ready."""
+        return any(self.ready_endpoints().values())
+
+    def ready_endpoints(self) -> dict[str, bool]:
+        """Per endpoint: is the model loaded and ready there."""
+        states = {}
+        for endpoint, client in zip(self.endpoints, self._clients):
+            try:
+                states[endpoint] = bool(client.is_model_ready(self.model_name))
+            except Exception:
+                states[endpoint] = False
+        return states
 
     def close(self) -> None:
-        self._client.close()
+        for client in self._clients:
+            client.close()
+
+
+def _endpoints(url: str | Sequence[str]) -> list[str]:
+    parts = url.split(",") if isinstance(url, str) else list(url)
+    endpoints = [p.strip() for p in parts if p and p.strip()]
+    if not endpoints:
+        raise ValueError("no Triton endpoint given (host:port, or several separated by commas)")
+    return endpoints
+
+
+def _unreachable(exc: Exception) -> bool:
+    """A failure to reach the server (try another replica), not an answer from the model."""
+    if isinstance(exc, OSError):  # tritonclient.http: refused, reset, timed out
+        return True
+    return str(exc.status()) in ("StatusCode.UNAVAILABLE",)  # tritonclient.grpc
+
+
+def _describe(exc: Exception) -> str:
+    text = exc.message() if hasattr(exc, "message") and callable(exc.message) else str(exc)
+    return " ".join(str(text or type(exc).__name__).split())[:200]
 
 
 def _filter_inputs(expression: str | None, values: dict | str | None) -> dict[str, str]:

@@ -173,6 +173,17 @@ class TritonConfig:
     # to <workdir>/triton/admin-key (mode 0600).
     admin_key: str = field(default="", repr=False)
     admin_key_file: str = ""
+    # Where clients (`recsys recommend`, RecommenderClient users) send requests: several
+    # "host:port" Triton endpoints (replicas serving the same model repository) are used in
+    # round robin, skipping one that does not answer. Empty: the local server above.
+    http_endpoints: tuple[str, ...] = ()
+    grpc_endpoints: tuple[str, ...] = ()
+
+    def client_endpoints(self, protocol: str) -> list[str]:
+        """The ``host:port`` endpoints a client of ``protocol`` (http/grpc) sends requests to."""
+        configured = self.grpc_endpoints if protocol == "grpc" else self.http_endpoints
+        port = self.grpc_port if protocol == "grpc" else self.http_port
+        return list(configured) or [f"{self.host}:{port}"]
 
 
 @dataclass
@@ -196,6 +207,10 @@ class Config:
 
     workdir: Path = PROJECT_ROOT / "artifacts"
     feature_repo: Path = PROJECT_ROOT / "feature_repo"
+    # Which Feast configuration of that repo is used (relative to it): feature_store.yaml
+    # (online store in a local SQLite file) or feature_store.redis.yaml (Redis at
+    # $FEAST_REDIS_CONNECTION_STRING), or a file of one's own.
+    feature_store_yaml: str = "feature_store.yaml"
     data: DataConfig = field(default_factory=DataConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     milvus: MilvusConfig = field(default_factory=MilvusConfig)
@@ -227,6 +242,17 @@ class Config:
     def feature_data_dir(self) -> Path:
         """Offline source of the Feast repo (parquet written by training)."""
         return self.feature_repo / "data"
+
+    @property
+    def feature_store_file(self) -> Path:
+        """The Feast configuration file in use (``feature_store_yaml`` within the repo)."""
+        return self.feature_repo / self.feature_store_yaml
+
+    def open_feature_store(self):
+        """A Feast ``FeatureStore`` of the repo, configured by :attr:`feature_store_file`."""
+        from feast import FeatureStore
+
+        return FeatureStore(repo_path=str(self.feature_repo), fs_yaml_file=self.feature_store_file)
 
     def to_dict(self) -> dict[str, Any]:
         return _to_plain(dataclasses.asdict(self))
@@ -315,6 +341,7 @@ def _check_gpu_limits(config: "Config") -> None:
 _ENV_OVERRIDES = {
     "RECSYS_WORKDIR": ("workdir",),
     "RECSYS_FEATURE_REPO": ("feature_repo",),
+    "RECSYS_FEATURE_STORE_YAML": ("feature_store_yaml",),
     "RECSYS_MILVUS_URI": ("milvus", "uri"),
     "RECSYS_MILVUS_TOKEN": ("milvus", "token"),
     "RECSYS_MILVUS_TOKEN_FILE": ("milvus", "token_file"),
@@ -324,6 +351,8 @@ _ENV_OVERRIDES = {
     "RECSYS_MILVUS_INDEX_PARAMS": ("milvus", "index_params"),  # JSON object
     "RECSYS_MILVUS_SEARCH_PARAMS": ("milvus", "search_params"),  # JSON object
     "RECSYS_TRITON_HOST": ("triton", "host"),
+    "RECSYS_TRITON_HTTP_ENDPOINTS": ("triton", "http_endpoints"),  # comma-separated host:port
+    "RECSYS_TRITON_GRPC_ENDPOINTS": ("triton", "grpc_endpoints"),
 }
 _JSON_ENV = {"RECSYS_MILVUS_INDEX_PARAMS", "RECSYS_MILVUS_SEARCH_PARAMS"}
 
@@ -401,7 +430,7 @@ def _build(cls, values: dict[str, Any]):
         elif isinstance(default, Path):
             value = Path(value).expanduser().resolve()
         elif isinstance(default, tuple):
-            value = tuple(value)
+            value = tuple(v.strip() for v in value.split(",") if v.strip()) if isinstance(value, str) else tuple(value)
         elif isinstance(default, bool):
             value = value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes")
         elif isinstance(default, (int, float)) and not isinstance(value, dict):

@@ -14,41 +14,42 @@ class FeastJobError(RuntimeError):
     """``feast apply`` or ``feast materialize-incremental`` failed."""
 
 
-def _feast(repo: Path, *args: str) -> str:
-    command = [str(Path(sys.executable).parent / "feast"), "-c", str(repo), *args]
+def _feast(config: Config, *args: str) -> str:
+    repo = config.feature_repo
+    command = [str(Path(sys.executable).parent / "feast"), "-c", str(repo),
+               "--feature-store-yaml", str(config.feature_store_file), *args]
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
-        raise FeastJobError(f"`feast {' '.join(args)}` failed in {repo}:\n{result.stderr[-3000:]}")
+        raise FeastJobError(f"`feast --feature-store-yaml {config.feature_store_yaml} {' '.join(args)}` failed in {repo}:\n"
+                            f"{result.stderr[-3000:]}")
     return result.stdout
 
 
 def apply_and_materialize(config: Config, end: datetime | None = None) -> str:
     """``feast apply`` then ``feast materialize-incremental <end>`` (default: now, UTC)."""
-    repo = config.feature_repo
-    if not (repo / "feature_store.yaml").is_file():
-        raise FeastJobError(f"no feature_store.yaml in {repo}")
+    if not config.feature_store_file.is_file():
+        raise FeastJobError(f"no {config.feature_store_yaml} in {config.feature_repo}")
     end = end or datetime.now(timezone.utc)
     stamp = end.strftime("%Y-%m-%dT%H:%M:%S")
-    out = _feast(repo, "apply")
-    out += _feast(repo, "materialize-incremental", stamp)
-    unread = views_not_online(repo)
+    out = _feast(config, "apply")
+    out += _feast(config, "materialize-incremental", stamp)
+    unread = views_not_online(config)
     if unread:
-        out += reload_online_store(repo, end)
-        unread = views_not_online(repo)
+        out += reload_online_store(config, end)
+        unread = views_not_online(config)
         if unread:
-            raise FeastJobError(f"feature views {unread} are still not readable online in {repo}")
+            raise FeastJobError(f"feature views {unread} are still not readable online in "
+                                f"{config.feature_store_file}")
     return out
 
 
-def reload_online_store(repo: Path, end: datetime) -> str:
+def reload_online_store(config: Config, end: datetime) -> str:
     """Recreate the online store's tables and load every view's whole history.
 
     For a registry that says "materialized" while the online store lacks the tables or rows
     (its file was deleted, or the store was switched to another one and back): ``feast apply``
     sees no infrastructure change and ``materialize-incremental`` nothing left to load."""
-    from feast import FeatureStore
-
-    store = FeatureStore(repo_path=str(repo))
+    store = config.open_feature_store()
     views = store.list_feature_views()
     # Feast has no public call for "create the online tables again"; its provider's
     # update_infra is what `feast apply` runs, and creating tables is idempotent.
@@ -59,12 +60,11 @@ def reload_online_store(repo: Path, end: datetime) -> str:
     return f"reloaded the online store for {[v.name for v in views]}\n"
 
 
-def views_not_online(repo: Path) -> list[str]:
+def views_not_online(config: Config) -> list[str]:
     """Feature views whose first offline row cannot be read back from the online store."""
     import pandas as pd
-    from feast import FeatureStore
 
-    store = FeatureStore(repo_path=str(repo))
+    store = config.open_feature_store()
     unread = []
     for view in store.list_feature_views():
         rows = pd.read_parquet(view.batch_source.path)

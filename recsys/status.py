@@ -82,12 +82,10 @@ def milvus_checks(config: Config, timeout_s: float = 3.0) -> list[Check]:
 def feast_checks(config: Config) -> list[Check]:
     """Registry readable, and per feature view the end of its last materialization."""
     try:
-        from feast import FeatureStore
-
-        store = FeatureStore(repo_path=str(config.feature_repo))
+        store = config.open_feature_store()
         views = store.list_feature_views()
     except Exception as exc:
-        return [Check("feast", "registry", False, f"{config.feature_repo}: {' '.join(str(exc).split())[:200]}")]
+        return [Check("feast", "registry", False, f"{config.feature_store_file}: {' '.join(str(exc).split())[:200]}")]
     checks = [Check("feast", "registry", bool(views), f"{len(views)} feature views")]
     for view in sorted(views, key=lambda v: v.name):
         end = view.most_recent_end_time

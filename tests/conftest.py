@@ -55,7 +55,7 @@ def make_config(root: Path, **extra) -> Config:
     """A configuration whose every path and port is private to this test run."""
     repo = root / "feature_repo"
     repo.mkdir(parents=True, exist_ok=True)
-    for name in ("feature_store.yaml", "definitions.py"):
+    for name in ("feature_store.yaml", "feature_store.redis.yaml", "definitions.py"):
         shutil.copy(PROJECT_ROOT / "feature_repo" / name, repo / name)
     overrides = {
         "data": write_data_files(root / "input"),

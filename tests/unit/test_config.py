@@ -41,3 +41,16 @@ def test_locked_down_defaults():
     assert config.milvus.host == "127.0.0.1" and config.triton.host == "127.0.0.1"
     assert config.milvus.private_network
     assert "hunter2" not in repr(load_config(base={}, environ={"RECSYS_TRITON_ADMIN_KEY": "hunter2"}))
+
+
+def test_feast_configuration_and_triton_replicas_by_environment(tmp_path):
+    toml = tmp_path / "recsys.toml"
+    toml.write_text('[triton]\nhttp_endpoints = ["10.0.0.1:8000", "10.0.0.2:8000"]\n')
+    config = load_config(toml, environ={"RECSYS_FEATURE_STORE_YAML": "feature_store.redis.yaml",
+                                        "RECSYS_TRITON_GRPC_ENDPOINTS": "a:8001, b:8001,"})
+    assert config.feature_store_file == config.feature_repo / "feature_store.redis.yaml"
+    assert config.triton.client_endpoints("http") == ["10.0.0.1:8000", "10.0.0.2:8000"]
+    assert config.triton.client_endpoints("grpc") == ["a:8001", "b:8001"]
+    default = load_config(base={}, environ={})
+    assert default.feature_store_file.name == "feature_store.yaml"
+    assert default.triton.client_endpoints("grpc") == ["127.0.0.1:8001"]

@@ -150,7 +150,7 @@ def test_validators_reject_broken_files(tmp_path):
 
 def test_compose_environment_uses_only_known_variables():
     config = compose_config()
-    feast_yaml = (DOCKER / "feature_store.redis.yaml").read_text()
+    feast_yaml = (PROJECT_ROOT / "feature_repo" / "feature_store.redis.yaml").read_text()
     for name, service in config["services"].items():
         for var in service.get("environment", {}):
             if var.startswith("RECSYS_"):
@@ -349,11 +349,11 @@ def test_feast_redis_configs_are_valid_feast_repo_configs(tmp_path, monkeypatch,
     local = yaml.safe_load((PROJECT_ROOT / "feature_repo" / "feature_store.yaml").read_text())
     configmap = yaml.safe_load((K8S / "configmap.yaml").read_text())["data"]["feature_store.yaml"]
     monkeypatch.setenv("FEAST_REDIS_CONNECTION_STRING", "redis:6379")
-    for text in ((DOCKER / "feature_store.redis.yaml").read_text(), configmap):
+    for text in ((PROJECT_ROOT / "feature_repo" / "feature_store.redis.yaml").read_text(), configmap):
         parsed = yaml.safe_load(text)
-        # the same repository as feature_repo/, only the online store differs
-        assert {k: v for k, v in parsed.items() if k != "online_store"} == \
-               {k: v for k, v in local.items() if k != "online_store"}
+        # the same repository as feature_repo/, only the online store (and its registry) differ
+        assert {k: v for k, v in parsed.items() if k not in ("online_store", "registry")} == \
+               {k: v for k, v in local.items() if k not in ("online_store", "registry")}
         (tmp_path / "feature_store.yaml").write_text(text)
         config = load_repo_config(tmp_path, tmp_path / "feature_store.yaml")
         assert config.online_store.type == "redis"

@@ -48,9 +48,9 @@ def test_load_features_repairs_an_online_store_that_lost_its_tables(tmp_path):
         repo / "data" / "item_features.parquet")
     config = load_config(base={"feature_repo": str(repo)}, environ={})
     apply_and_materialize(config, end=datetime(2026, 6, 1, tzinfo=timezone.utc))
-    assert views_not_online(repo) == []
+    assert views_not_online(config) == []
     (repo / "data" / "online_store.db").unlink()  # the registry still says "materialized"
-    assert sorted(views_not_online(repo)) == ["item_features", "user_features"]
+    assert sorted(views_not_online(config)) == ["item_features", "user_features"]
     out = apply_and_materialize(config, end=datetime(2026, 6, 2, tzinfo=timezone.utc))
     assert "reloaded the online store" in out
-    assert views_not_online(repo) == []
+    assert views_not_online(config) == []
