@@ -183,6 +183,39 @@ def _vector_dim(client, collection: str, timeout_s: float | None = None) -> int:
     raise MilvusUnavailable(f"collection {collection} has no {VECTOR_FIELD} field")
 
 
+def search_arrays(client, collection: str, vectors: np.ndarray, limit: int, params: dict,
+                  expression: str = "", timeout: float | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The top ``limit`` hits of each vector as ``(ids int64, scores float32)`` arrays.
+
+    pymilvus 2.5's ``MilvusClient.search`` turns every hit into a Python dict: measured at
+    1,024 vectors x 128 hits, that took two thirds of the whole search call. This sends the
+    request ``MilvusClient.search`` sends (same builder, same authenticated channel) and reads
+    the reply's id and score arrays. Falls back to ``client.search`` when pymilvus' internals
+    are not the pinned version's (or ``client`` is not a ``MilvusClient``)."""
+    try:
+        from pymilvus.client.prepare import Prepare
+        from pymilvus.client.utils import check_status
+
+        stub = client._get_connection()._stub
+    except (ImportError, AttributeError):
+        hits = client.search(collection, data=vectors.tolist(), limit=limit,
+                             **({"filter": expression} if expression else {}),
+                             search_params=params, timeout=timeout)
+        return [(np.array([h["id"] for h in row], dtype=np.int64),
+                 np.array([h["distance"] for h in row], dtype=np.float32)) for row in hits]
+    request = Prepare.search_requests_with_expr(collection, vectors.tolist(), "", params, limit,
+                                                expression or "", None, None, -1)
+    response = stub.Search(request, timeout=timeout)
+    check_status(response.status)
+    results = response.results
+    ids = np.array(results.ids.int_id.data, dtype=np.int64)
+    scores = np.array(results.scores, dtype=np.float32)
+    bounds = np.cumsum(np.asarray(results.topks, dtype=np.int64))[:-1]
+    if len(results.topks) != len(vectors):
+        raise RuntimeError(f"Milvus answered {len(results.topks)} result lists for {len(vectors)} vectors")
+    return list(zip(np.split(ids, bounds), np.split(scores, bounds)))
+
+
 def _search_limit(needed: int, cap: int) -> int:
     return int(min(1 << max(int(needed) - 1, 1).bit_length(), cap))
 
@@ -271,26 +304,29 @@ class QueryMilvus(BaseOperator):
         scores = np.empty((len(vectors), self.top_k), dtype=np.float32)
         for limit in np.unique(limits):
             rows = np.flatnonzero(limits == limit)
-            for row, row_hits in zip(rows, self._search(vectors[rows], int(limit))):
-                ids[row], scores[row] = self._row(row_hits, set(np.asarray(excluded[row]).tolist()))
+            for row, (hit_ids, hit_scores) in zip(rows, self._search(vectors[rows], int(limit))):
+                ids[row], scores[row] = self._row(hit_ids, hit_scores, np.asarray(excluded[row]))
         return TensorTable({"candidate_ids": ids, "candidate_scores": scores})
 
-    def _row(self, hits, excluded: set) -> tuple[np.ndarray, np.ndarray]:
+    def _row(self, hit_ids: np.ndarray, hit_scores: np.ndarray, excluded) -> tuple[np.ndarray, np.ndarray]:
         """The first ``top_k`` hits not in ``excluded``; if fewer, filled with ``fill_ids``
         (not excluded, not already there) scored just below the last hit, never -1."""
-        kept = [(hit["id"], hit["distance"]) for hit in hits if hit["id"] not in excluded][: self.top_k]
-        ids = [i for i, _ in kept]
-        scores = [d for _, d in kept]
-        if len(ids) < self.top_k:
-            present = excluded | set(ids)
-            last = scores[-1] if scores else 0.0
-            for item in self.fill_ids.tolist():
-                if len(ids) == self.top_k:
-                    break
-                if item not in present:
-                    last = float(np.nextafter(np.float32(last), np.float32(-np.inf)))
-                    ids.append(item)
-                    scores.append(last)
+        excluded = np.asarray(excluded, dtype=np.int64).reshape(-1)
+        keep = ~np.isin(hit_ids, excluded) if len(excluded) else np.ones(len(hit_ids), dtype=bool)
+        ids = hit_ids[keep][: self.top_k]
+        scores = hit_scores[keep][: self.top_k]
+        if len(ids) == self.top_k:
+            return ids.astype(np.int64), scores.astype(np.float32)
+        ids, scores = ids.tolist(), scores.tolist()
+        present = set(excluded.tolist()) | set(ids)
+        last = scores[-1] if scores else 0.0
+        for item in self.fill_ids.tolist():
+            if len(ids) == self.top_k:
+                break
+            if item not in present:
+                last = float(np.nextafter(np.float32(last), np.float32(-np.inf)))
+                ids.append(item)
+                scores.append(last)
         short = self.top_k - len(ids)  # only when the catalogue itself is smaller than top_k
         return (np.array(ids + [MISSING_ID] * short, dtype=np.int64),
                 np.array(scores + [-np.inf] * short, dtype=np.float32))
@@ -302,10 +338,8 @@ class QueryMilvus(BaseOperator):
             if self._client is None:
                 self._client = self._connect(cfg.timeout_s)
             expression = self._filter_expression()
-            return self._client.search(cfg.collection, data=vectors.tolist(), limit=limit,
-                                       **({"filter": expression} if expression else {}),
-                                       search_params=search_params(cfg, limit),
-                                       timeout=rpc_timeout(cfg.timeout_s))
+            return search_arrays(self._client, cfg.collection, vectors, limit, search_params(cfg, limit),
+                                 expression, rpc_timeout(cfg.timeout_s))
         except MilvusUnavailable:
             raise
         except Exception as exc:
@@ -350,8 +384,9 @@ class SimilarItems(QueryMilvus):
         hits = (self._search(np.stack([vectors[int(ids[r])] for r in rows]),
                              _search_limit(self.top_k + 1, cap)) if len(rows) else [])
         by_row = dict(zip(rows.tolist(), hits))
+        nothing = (np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32))
         for row, item in enumerate(ids.tolist()):
-            out_ids[row], out_scores[row] = self._row(by_row.get(row, []), {item})
+            out_ids[row], out_scores[row] = self._row(*by_row.get(row, nothing), [item])
         return TensorTable({"item_ids": out_ids, "scores": out_scores, "found": found})
 
     def _vectors(self, ids: list[int]) -> dict[int, np.ndarray]:

@@ -75,8 +75,8 @@ def test_query_milvus_row_drops_seen_items_and_fills_without_padding():
     from operators.milvus import QueryMilvus
 
     op = QueryMilvus(top_k=4, fill_ids=[50, 51, 52, 53])
-    hits = [{"id": 1, "distance": 0.9}, {"id": 2, "distance": 0.8}, {"id": 3, "distance": 0.7}]
-    ids, scores = op._row(hits, excluded={2, 50})
+    hit_ids, hit_scores = np.array([1, 2, 3]), np.array([0.9, 0.8, 0.7], dtype=np.float32)
+    ids, scores = op._row(hit_ids, hit_scores, excluded=[2, 50])
     assert ids.tolist() == [1, 3, 51, 52]
     assert (np.diff(scores) < 0).all() and scores[1] == np.float32(0.7)
 
