@@ -58,3 +58,37 @@ def test_closing_one_client_leaves_the_others_of_the_process_working(serving_sta
         assert kept.has_collection(config.milvus.collection)
     finally:
         kept.close()
+
+
+def test_search_arrays_equal_milvus_client_search(serving_stack):
+    """The array reader sends what ``MilvusClient.search`` sends (through the authenticated
+    channel; the session's Milvus has authorization on) and returns the same hits, with and
+    without a filter expression; a bad expression is Milvus' error, not a silent empty list."""
+    from operators.milvus import connect, search_arrays, search_params
+
+    config = serving_stack[0]
+    vectors = pd.read_parquet(Artifacts.of(config).item_vectors)
+    ids = vectors["item_id"].to_numpy()
+    queries = np.stack(vectors["embedding"].to_numpy()[:16]).astype(np.float32)
+    params = search_params(config.milvus, 32)
+    client = connect(config.milvus)
+    try:
+        for expression in ("", f"item_id not in {ids[:50].tolist()}"):
+            kwargs = {"filter": expression} if expression else {}
+            for _ in range(2):  # Milvus' first search of a vector can differ from its repeats
+                client.search(config.milvus.collection, data=queries.tolist(), limit=32,
+                              search_params=params, **kwargs)
+            expected = client.search(config.milvus.collection, data=queries.tolist(), limit=32,
+                                     search_params=params, **kwargs)
+            got = search_arrays(client, config.milvus.collection, queries, 32, params, expression, 10)
+            assert len(got) == len(expected) == len(queries)
+            for (hit_ids, hit_scores), hits in zip(got, expected):
+                assert hit_ids.dtype == np.int64 and hit_scores.dtype == np.float32
+                assert hit_ids.tolist() == [h["id"] for h in hits]
+                np.testing.assert_allclose(hit_scores, [h["distance"] for h in hits], rtol=1e-6)
+            if expression:
+                assert not set(np.concatenate([i for i, _ in got]).tolist()) & set(ids[:50].tolist())
+        with pytest.raises(Exception, match="(?i)nope|field"):
+            search_arrays(client, config.milvus.collection, queries[:1], 8, params, "nope > 1", 10)
+    finally:
+        client.close()
