@@ -108,10 +108,14 @@ def build_item_index(cfg: MilvusConfig, item_ids: np.ndarray, vectors: np.ndarra
         client.flush(physical)
         index_params = client.prepare_index_params()
         index_params.add_index(field_name=VECTOR_FIELD, index_type=cfg.index_type, metric_type=METRIC,
-                               params=dict(cfg.index_params))
-        client.create_index(physical, index_params)
-        _wait_for_index(client, physical)
-        client.load_collection(physical)
+                               params=index_build_params(cfg.index_params))
+        try:
+            client.create_index(physical, index_params)
+            _wait_for_index(client, physical, timeout_s=max(600.0, cfg.timeout_s))
+            client.load_collection(physical)
+        except Exception:
+            client.drop_collection(physical)  # nothing half-built is left behind; the alias is untouched
+            raise
         count = int(client.get_collection_stats(physical)["row_count"])
         previous = switch_alias(client, cfg.collection, physical)
         if previous:
@@ -123,6 +127,13 @@ def build_item_index(cfg: MilvusConfig, item_ids: np.ndarray, vectors: np.ndarra
 
 
 GENERATION_SEPARATOR = "__g"
+
+
+def index_build_params(params: dict) -> dict:
+    """Index parameters as Milvus parses them: pymilvus sends every value as ``str(value)``
+    and Milvus reads it as JSON, so a Python ``True`` ("True") fails the build with "type
+    conflict in json" - and Milvus 2.3 retries a failed build forever instead of reporting it."""
+    return {key: (str(value).lower() if isinstance(value, bool) else value) for key, value in params.items()}
 DROP_GRACE_S = 2.0
 
 

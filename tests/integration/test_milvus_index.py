@@ -92,3 +92,34 @@ def test_search_arrays_equal_milvus_client_search(serving_stack):
             search_arrays(client, config.milvus.collection, queries[:1], 8, params, "nope > 1", 10)
     finally:
         client.close()
+
+
+def test_scann_with_a_boolean_parameter_builds(serving_stack):
+    """pymilvus sends ``True`` as "True", which Milvus' JSON parser rejects - and Milvus 2.3
+    retries that failed build forever; ``build_item_index`` sends booleans as JSON."""
+    config = serving_stack[0]
+    vectors = pd.read_parquet(Artifacts.of(config).item_vectors)
+    cfg = dataclasses.replace(config.milvus, collection="test_scann", index_type="SCANN",
+                              index_params={"nlist": 16, "with_raw_data": True})
+    assert build_item_index(cfg, vectors["item_id"].to_numpy(),
+                            np.stack(vectors["embedding"].to_numpy()).astype(np.float32)) == len(vectors)
+
+
+def test_a_rejected_index_build_leaves_nothing_behind_and_the_alias_untouched(serving_stack):
+    from operators.milvus import aliased_collection, connect
+
+    config = serving_stack[0]
+    vectors = pd.read_parquet(Artifacts.of(config).item_vectors)
+    ids, matrix = vectors["item_id"].to_numpy(), np.stack(vectors["embedding"].to_numpy()).astype(np.float32)
+    good = dataclasses.replace(config.milvus, collection="test_rejected", index_type="FLAT", index_params={})
+    build_item_index(good, ids, matrix)
+    client = connect(config.milvus)
+    try:
+        serving, collections = aliased_collection(client, "test_rejected"), set(client.list_collections())
+        bad = dataclasses.replace(good, index_type="IVF_FLAT", index_params={"nlist": 0})
+        with pytest.raises(Exception):
+            build_item_index(bad, ids, matrix)
+        assert aliased_collection(client, "test_rejected") == serving
+        assert set(client.list_collections()) == collections
+    finally:
+        client.close()
