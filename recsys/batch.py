@@ -213,6 +213,8 @@ def run_batch(config: Config, options: BatchOptions,
         raise ValueError(f"--chunk-size must be >= 1, got {options.chunk_size}")
     if options.workers < 1:
         raise ValueError(f"--workers must be >= 1, got {options.workers}")
+    if options.workers > 1 and config.dask_scheduler:
+        raise ValueError("--workers and --dask-scheduler: choose one (the Dask workers run the cascade)")
     store = BatchStore(options.db_url)
     try:
         store.create_schema()
@@ -259,7 +261,7 @@ def run_batch(config: Config, options: BatchOptions,
                 write_ensemble(replace(config, serving=serving), artifacts, batch_dir / "ensemble")
                 todo = _todo(store, run_id, users)
                 with _cascade(batch_dir / "ensemble", min(options.workers, max(len(todo), 1)),
-                              item_filter) as answers:
+                              item_filter, config.dask_scheduler) as answers:
                     setup_s = time.perf_counter() - setup_started
                     computed, compute_s, stages = _compute(store, answers, run_id, users, todo, chunk_size,
                                                            options, on_chunk)
@@ -363,10 +365,15 @@ def _recommend(recommender, users: np.ndarray, item_filter: dict | None = None) 
 
 
 @contextmanager
-def _cascade(ensemble_dir: Path, workers: int, item_filter: dict | None = None):
+def _cascade(ensemble_dir: Path, workers: int, item_filter: dict | None = None, dask_scheduler: str = ""):
     """Yields ``answers(chunks)``, an iterator of ``(chunk, answer, timings, failures)``: the
     served cascade of ``ensemble_dir`` (:class:`ensemble.runner.Recommender`) in this process,
-    or in ``workers`` processes (each loads the ensemble; chunks come back as they finish)."""
+    in ``workers`` processes, or on the workers of a Dask cluster (each loads the ensemble
+    once; chunks come back as they finish)."""
+    if dask_scheduler:
+        with _dask_cascade(ensemble_dir, item_filter, dask_scheduler) as answers:
+            yield answers
+        return
     if workers <= 1:
         from ensemble.runner import Recommender
 
@@ -406,6 +413,67 @@ def _cascade(ensemble_dir: Path, workers: int, item_filter: dict | None = None):
             if process.is_alive():
                 process.kill()
                 process.join(10)
+
+
+@contextmanager
+def _dask_cascade(ensemble_dir: Path, item_filter: dict | None, address: str):
+    """The chunks as Dask tasks on the cluster at ``address``, at most two per worker in flight
+    (results stream back to the database writer instead of piling up). Every worker must see
+    ``ensemble_dir`` at the same path (a shared volume on a multi-machine cluster) and import
+    this project (run ``dask worker`` from the project's environment)."""
+    from distributed import Client, as_completed
+
+    with Client(address, set_as_default=False) as client:
+        workers = len(client.scheduler_info()["workers"])
+        if workers == 0:
+            raise RuntimeError(f"the Dask scheduler at {address} has no workers")
+
+        def on_dask(chunks):
+            pending = iter(enumerate(chunks))
+            position = {}
+
+            def submit(queue) -> None:
+                for index, chunk in pending:
+                    future = client.submit(_dask_recommend, str(ensemble_dir), chunk, item_filter, pure=False)
+                    position[future.key] = index
+                    queue.add(future)
+                    return
+
+            queue = as_completed(loop=client.loop)
+            for _ in range(2 * workers):
+                submit(queue)
+            for future in queue:
+                answer, timings, failures = future.result()  # a worker's error stops the run here
+                index = position.pop(future.key)
+                future.release()
+                submit(queue)
+                yield chunks[index], answer, timings, failures
+
+        yield on_dask
+
+
+def _dask_recommender(ensemble_dir: str):
+    """The cascade of ``ensemble_dir`` on this Dask worker, loaded at its first use (the worker
+    keeps the latest one only) with a lock, since a worker may run tasks on several threads."""
+    import threading
+
+    from distributed import get_worker
+
+    worker = get_worker()
+    cached = getattr(worker, "_recsys_cascade", None)
+    if cached is None or cached[0] != ensemble_dir:
+        from ensemble.runner import Recommender
+
+        cached = (ensemble_dir, Recommender.load(Path(ensemble_dir)), threading.Lock())
+        worker._recsys_cascade = cached
+    return cached
+
+
+def _dask_recommend(ensemble_dir: str, chunk: np.ndarray, item_filter: dict | None):
+    """A Dask task: one chunk through the worker's cascade."""
+    _, recommender, lock = _dask_recommender(ensemble_dir)
+    with lock:
+        return _recommend(recommender, chunk, item_filter)
 
 
 def _receive(results, processes) -> tuple:

@@ -46,14 +46,20 @@ def _parser() -> argparse.ArgumentParser:
     group.add_argument("--sessions", type=int, help="synthetic sessions (users)")
     group.add_argument("--items", type=int, help="synthetic catalogue size")
 
-    demo = sub.add_parser("demo", parents=[data], help="build, serve, query over HTTP and gRPC, stop")
+    dask = argparse.ArgumentParser(add_help=False)
+    dask.add_argument("--dask-scheduler", metavar="ADDRESS",
+                      help="run NVTabular preprocessing (train) or the batch job on the Dask cluster "
+                           "of this scheduler, e.g. tcp://10.0.0.5:8786 (default: dask_scheduler of "
+                           "the configuration, RECSYS_DASK_SCHEDULER; empty: this process)")
+
+    demo = sub.add_parser("demo", parents=[data, dask], help="build, serve, query over HTTP and gRPC, stop")
     demo.add_argument("--requests", type=int, default=300, help="requests per latency measurement")
     demo.add_argument("--port-offset", type=int, default=0,
                       help="add to every server port (to run beside another stack)")
 
-    sub.add_parser("build", parents=[data], help="train, apply + materialize Feast, export")
-    sub.add_parser("train", parents=[data], help="the offline job: data, workflows, models")
-    evaluate = sub.add_parser("evaluate", parents=[data],
+    sub.add_parser("build", parents=[data, dask], help="train, apply + materialize Feast, export")
+    sub.add_parser("train", parents=[data, dask], help="the offline job: data, workflows, models")
+    evaluate = sub.add_parser("evaluate", parents=[data, dask],
                               help="train, Feast, index; metrics of popularity, Two-Tower (exact, "
                                    "Milvus) and the served cascade")
     evaluate.add_argument("--no-train", action="store_true", help="evaluate the existing artifacts")
@@ -85,8 +91,9 @@ def _parser() -> argparse.ArgumentParser:
 
     from recsys.batch import add_arguments as batch_arguments
 
-    batch_arguments(sub.add_parser("batch", help="top-K of every user into a database, with the served "
-                                                 "cascade (recsys batch --k 50 --db sqlite:///recs.db)"))
+    batch_arguments(sub.add_parser("batch", parents=[dask],
+                                   help="top-K of every user into a database, with the served "
+                                        "cascade (recsys batch --k 50 --db sqlite:///recs.db)"))
 
     recommend = sub.add_parser("recommend", help="query a running recommender")
     recommend.add_argument("user_ids", nargs="+", type=int)
@@ -111,6 +118,8 @@ def _config(args) -> Config:
     overrides: dict = {}
     if args.workdir:
         overrides["workdir"] = args.workdir
+    if getattr(args, "dask_scheduler", None):
+        overrides["dask_scheduler"] = args.dask_scheduler
     data = {}
     for option, key in (("sessions", "num_sessions"), ("items", "num_items"), ("data", "source"),
                         ("interactions", "interactions_path"), ("users", "users_path"),

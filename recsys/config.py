@@ -211,6 +211,9 @@ class Config:
     # (online store in a local SQLite file) or feature_store.redis.yaml (Redis at
     # $FEAST_REDIS_CONNECTION_STRING), or a file of one's own.
     feature_store_yaml: str = "feature_store.yaml"
+    # A Dask distributed scheduler (host:port): NVTabular preprocessing and the batch job run
+    # on its workers. Empty: everything in this process.
+    dask_scheduler: str = ""
     data: DataConfig = field(default_factory=DataConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     milvus: MilvusConfig = field(default_factory=MilvusConfig)
@@ -342,6 +345,7 @@ _ENV_OVERRIDES = {
     "RECSYS_WORKDIR": ("workdir",),
     "RECSYS_FEATURE_REPO": ("feature_repo",),
     "RECSYS_FEATURE_STORE_YAML": ("feature_store_yaml",),
+    "RECSYS_DASK_SCHEDULER": ("dask_scheduler",),
     "RECSYS_MILVUS_URI": ("milvus", "uri"),
     "RECSYS_MILVUS_TOKEN": ("milvus", "token"),
     "RECSYS_MILVUS_TOKEN_FILE": ("milvus", "token_file"),

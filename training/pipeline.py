@@ -146,18 +146,19 @@ def run(config: Config, top_popular: int = 1000) -> Artifacts:
     timings["data_s"] = time.perf_counter() - started
 
     started = time.perf_counter()
-    workflows = wf.fit_workflows(users, items, user_features, item_features, out.user_workflow.parent)
-    wf.write_id_mapping(workflows["user"], users, "user_id", out.user_id_map)
-    wf.write_id_mapping(workflows["item"], items, "item_id", out.item_id_map)
-    specs = model_specs(workflows)
-    timings["workflows_s"] = time.perf_counter() - started
+    with wf.dask_cluster(config.dask_scheduler):  # NVTabular fit and transforms on Dask, if given
+        workflows = wf.fit_workflows(users, items, user_features, item_features, out.user_workflow.parent)
+        wf.write_id_mapping(workflows["user"], users, "user_id", out.user_id_map)
+        wf.write_id_mapping(workflows["item"], items, "item_id", out.item_id_map)
+        specs = model_specs(workflows)
+        timings["workflows_s"] = time.perf_counter() - started
 
-    started = time.perf_counter()
-    choice = tuning.tune(config, data, train, workflows, specs, resolve_split(config))
-    timings["tuning_s"] = time.perf_counter() - started
+        started = time.perf_counter()
+        choice = tuning.tune(config, data, train, workflows, specs, resolve_split(config))
+        timings["tuning_s"] = time.perf_counter() - started
 
-    started = time.perf_counter()
-    tables = Tables.build(data, train, workflows, specs, max_history, users, items)
+        started = time.perf_counter()
+        tables = Tables.build(data, train, workflows, specs, max_history, users, items)
     two_tower, ranker = tuning.train_models(config, tables, specs, choice)
     two_tower.save_user_tower(out.query_tower)
     two_tower.save_item_tower(out.item_tower)

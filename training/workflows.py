@@ -11,8 +11,10 @@ Milvus keys are raw ids).
 from __future__ import annotations
 
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import nvtabular as nvt
 import pandas as pd
 from merlin.io import Dataset
@@ -40,6 +42,47 @@ def _side_graph(id_column: str, features: Features, tag_id, tag_features, vocabu
     return graph
 
 
+@contextmanager
+def dask_cluster(address: str):
+    """Inside the block NVTabular runs on the Dask distributed cluster whose scheduler is at
+    ``address`` (``host:port`` or ``tcp://host:port``): merlin's ``Distributed`` context makes
+    the client the one NVTabular computes fit statistics on, and the client, the default
+    scheduler of every Dask graph (the transforms). Tables are split into one partition per
+    worker. An empty address leaves everything in this process. Categorify writes its
+    vocabularies from the workers: on a multi-machine cluster the working directory must be on
+    a file system every worker mounts at the same path."""
+    if not address:
+        yield None
+        return
+    from distributed import Client
+    from merlin.core.utils import Distributed
+
+    with Client(address, set_as_default=True) as client, Distributed(client=client):
+        yield client
+
+
+def _partitions() -> int:
+    """One partition per worker of the active Dask cluster (see :func:`dask_cluster`), else 1."""
+    from merlin.core.utils import global_dask_client
+
+    client = global_dask_client()
+    return max(1, len(client.scheduler_info()["workers"])) if client else 1
+
+
+def _dataset(frame: pd.DataFrame) -> Dataset:
+    """``frame`` as a Dataset of one partition per Dask worker, each with its own 0-based index:
+    NVTabular's Categorify of a list column returns a fresh index, so on a partition indexed
+    from n > 0 its result would be realigned to NaN."""
+    parts = min(_partitions(), max(1, len(frame)))
+    if parts == 1:
+        return Dataset(frame, cpu=True)
+    import dask.dataframe as dd
+
+    bounds = np.linspace(0, len(frame), parts + 1).astype(int)
+    chunks = [frame.iloc[start:stop].reset_index(drop=True) for start, stop in zip(bounds[:-1], bounds[1:])]
+    return Dataset(dd.concat([dd.from_pandas(chunk, npartitions=1, sort=False) for chunk in chunks]), cpu=True)
+
+
 def fit_workflows(users: pd.DataFrame, items: pd.DataFrame, user_features: Features,
                   item_features: Features, out_dir: Path) -> dict[str, nvt.Workflow]:
     """Fit the user and item workflows on the feature tables and save them under ``out_dir``."""
@@ -54,7 +97,7 @@ def fit_workflows(users: pd.DataFrame, items: pd.DataFrame, user_features: Featu
         for name, graph, table in (("user", user_graph, users[["user_id"] + user_features.columns]),
                                    ("item", item_graph, items[["item_id"] + item_features.columns])):
             workflow = nvt.Workflow(graph)
-            workflow.fit(Dataset(table, cpu=True))
+            workflow.fit(_dataset(table))
             workflow.save(str(Path(out_dir) / name))
             workflows[name] = workflow
     return workflows
@@ -68,7 +111,7 @@ def load_workflow(path: Path) -> nvt.Workflow:
 def transform(workflow: nvt.Workflow, frame: pd.DataFrame) -> pd.DataFrame:
     """Apply a fitted workflow to an in-memory frame (extra columns are dropped)."""
     inputs = frame[workflow.input_schema.column_names]
-    return workflow.transform(Dataset(inputs, cpu=True)).to_ddf().compute().reset_index(drop=True)
+    return workflow.transform(_dataset(inputs)).to_ddf().compute().reset_index(drop=True)
 
 
 def write_id_mapping(workflow: nvt.Workflow, frame: pd.DataFrame, column: str, path: Path) -> pd.DataFrame:

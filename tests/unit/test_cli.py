@@ -24,3 +24,14 @@ def test_argument_errors_exit_2_with_usage(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["recommend", "abc"])
     assert exit_.value.code == 2 and "invalid int value" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [["train"], ["build"], ["evaluate"], ["batch"]])
+def test_dask_scheduler_option_reaches_the_configuration(command, monkeypatch, tmp_path):
+    from recsys.cli import _config, _parser
+
+    monkeypatch.chdir(tmp_path)  # no ./recsys.toml
+    args = _parser().parse_args([*command, "--dask-scheduler", "tcp://10.0.0.5:8786"])
+    assert _config(args).dask_scheduler == "tcp://10.0.0.5:8786"
+    monkeypatch.setenv("RECSYS_DASK_SCHEDULER", "tcp://10.0.0.6:8786")
+    assert _config(_parser().parse_args(command)).dask_scheduler == "tcp://10.0.0.6:8786"
