@@ -85,6 +85,8 @@ def load(url: str, protocol: str, users: np.ndarray, batch: int, concurrency: in
     for thread in threads:
         thread.join()
     elapsed = time.perf_counter() - started
+    if not latencies:
+        raise RuntimeError(f"every {protocol} request failed ({len(errors)} clients), e.g. {errors[0]}")
     ms = np.array(latencies) * 1000.0
     return {"protocol": protocol, "users_per_request": batch, "concurrency": concurrency,
             "requests": len(ms), "errors": len(errors),
