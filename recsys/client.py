@@ -71,6 +71,11 @@ class RecommenderClient:
         return self._infer(model_name, "item_id", item_ids, ("item_ids", "scores", "found"), "INT64",
                            _filter_inputs(filter, filter_values))
 
+    def infer(self, model: str, input_name: str, ids, outputs) -> dict[str, np.ndarray]:
+        """Any model of the repository that takes one tensor of int64 ids: ``outputs`` by name
+        (e.g. the benchmark's stock-operator graph, ``ordered_ids`` / ``ordered_scores``)."""
+        return self._infer(model, input_name, ids, tuple(outputs))
+
     def _infer(self, model: str, input_name: str, ids, outputs, dtype: str = "INT64",
                text_inputs: dict[str, str] | None = None) -> dict:
         from tritonclient.utils import InferenceServerException

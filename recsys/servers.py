@@ -6,6 +6,7 @@ Both are child processes in their own process group, bound to the configured hos
 """
 from __future__ import annotations
 
+import filecmp
 import os
 import shutil
 import signal
@@ -202,7 +203,10 @@ def prepare_triton_backends(target: Path) -> Path:
     for source in (triton_root / "backends" / "python" / "libtriton_python.so",
                    triton_root / "backends" / "python" / "triton_python_backend_utils.py",
                    triton_root / "python_backend_stubs" / version / "triton_python_backend_stub"):
-        shutil.copy2(source, python_backend / source.name)
+        copy = python_backend / source.name
+        if copy.is_file() and copy.stat().st_size == source.stat().st_size and filecmp.cmp(source, copy, shallow=False):
+            continue  # in place already (and maybe running: a busy stub cannot be overwritten)
+        shutil.copy2(source, copy)
     return target
 
 
