@@ -29,6 +29,8 @@ def _parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="TOML configuration file (default: ./recsys.toml if present)")
     parser.add_argument("--workdir", help="where artifacts, the model repository and server data go")
+    parser.add_argument("--feature-repo", help="the Feast repository (default ./feature_repo; "
+                                               "one per work directory)")
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -118,6 +120,8 @@ def _config(args) -> Config:
     overrides: dict = {}
     if args.workdir:
         overrides["workdir"] = args.workdir
+    if args.feature_repo:
+        overrides["feature_repo"] = args.feature_repo
     if getattr(args, "dask_scheduler", None):
         overrides["dask_scheduler"] = args.dask_scheduler
     data = {}

@@ -126,6 +126,8 @@ def run(config: Config, top_popular: int = 1000) -> Artifacts:
 
     started = time.perf_counter()
     data, train, test = load_data(config)  # malformed input stops here, before anything is written
+    check_feature_repo_owner(config)
+    ensure_feature_repo(config)
     out = Artifacts.of(config)
     for directory in (out.users.parent, out.user_workflow.parent, out.query_tower.parent,
                       config.feature_data_dir):
@@ -206,6 +208,42 @@ def write_feast_source(config: Config, users: pd.DataFrame, items: pd.DataFrame,
     spec = {"user_features": user_features.feast_types(id_lists=(HISTORY,)),
             "item_features": item_features.feast_types()}
     (target / "features.json").write_text(json.dumps(spec, indent=2))
+    (target / FEATURE_REPO_OWNER).write_text(str(config.workdir.resolve()) + "\n")
+
+
+FEATURE_REPO_OWNER = "workdir.txt"
+FEATURE_REPO_FILES = ("feature_store.yaml", "feature_store.redis.yaml", "definitions.py")
+
+
+def ensure_feature_repo(config: Config) -> None:
+    """A new Feast repository directory gets the project's definitions and store files."""
+    import shutil
+
+    from recsys.config import PROJECT_ROOT
+
+    source = PROJECT_ROOT / "feature_repo"
+    config.feature_repo.mkdir(parents=True, exist_ok=True)
+    if config.feature_repo.resolve() == source.resolve():
+        return
+    for name in FEATURE_REPO_FILES:
+        if not (config.feature_repo / name).exists():
+            shutil.copy(source / name, config.feature_repo / name)
+
+
+def check_feature_repo_owner(config: Config) -> None:
+    """Refuse to train into a Feast repository whose data another work directory wrote: its
+    served model reads those features (the feature list and the values), and overwriting them
+    would break it silently."""
+    owner_file = config.feature_data_dir / FEATURE_REPO_OWNER
+    if not owner_file.is_file():
+        return
+    owner = Path(owner_file.read_text().strip())
+    if owner != config.workdir.resolve() and owner.exists():
+        raise ValueError(
+            f"the Feast repository {config.feature_repo} holds the features of work directory {owner}; "
+            f"training {config.workdir} would overwrite them under that directory's served model. "
+            f"Give this work directory its own repository (--feature-repo DIR or RECSYS_FEATURE_REPO; "
+            f"a new directory gets the project's definitions), or delete {owner_file} to hand it over")
 
 
 def _feast_frame(frame: pd.DataFrame, side: Features) -> pd.DataFrame:
