@@ -146,7 +146,7 @@ def warm_up_search(client, collection: str, vectors: np.ndarray, limit: int, par
 
 def sample_vectors(client, collection: str, count: int, timeout: float) -> np.ndarray:
     """Up to ``count`` item vectors stored in ``collection``."""
-    rows = client.query(collection, filter=f"{ID_FIELD} >= {np.iinfo(np.int64).min}", output_fields=[VECTOR_FIELD],
+    rows = client.query(collection, filter=f"{ID_FIELD} >= {-np.iinfo(np.int64).max}", output_fields=[VECTOR_FIELD],
                         limit=count, timeout=timeout)
     return np.array([row[VECTOR_FIELD] for row in rows], dtype=np.float32)
 

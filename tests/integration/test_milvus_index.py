@@ -130,7 +130,7 @@ def test_the_first_search_after_a_rebuild_and_switch_answers_like_every_later_on
     300 queries (every later search identically): the build spends it before the switch."""
     import time
 
-    from operators.milvus import connect, search_arrays, search_params
+    from operators.milvus import connect, sample_vectors, search_arrays, search_params
 
     config = serving_stack[0]
     vectors = pd.read_parquet(Artifacts.of(config).item_vectors)
@@ -148,5 +148,7 @@ def test_the_first_search_after_a_rebuild_and_switch_answers_like_every_later_on
             first = hits(client)
             time.sleep(1.0)
             assert hits(client) == first
+            # what the served model warms up with at start: the collection's own vectors
+            assert sample_vectors(client, cfg.collection, 16, 30).shape == (16, matrix.shape[1])
         finally:
             client.close()
