@@ -146,6 +146,7 @@ def compare_stock(ours: list[dict], stock: list[dict]) -> pd.DataFrame:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", default="artifacts")
+    parser.add_argument("--feature-repo", help="the work directory's Feast repository (default ./feature_repo)")
     parser.add_argument("--requests", type=int, default=200, help="requests per client")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 32])
@@ -158,6 +159,7 @@ def main(argv=None) -> None:
 
     config = load_config(overrides={
         "workdir": args.workdir,
+        **({"feature_repo": args.feature_repo} if args.feature_repo else {}),
         "milvus": {"port": free_port()},
         "triton": {"http_port": free_port(), "grpc_port": free_port(), "metrics_port": free_port()}})
     stack.require_artifacts(config)
