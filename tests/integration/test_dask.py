@@ -80,8 +80,22 @@ def _lists(url: str, run_id: str) -> dict[int, tuple[list, list]]:
     return out
 
 
-def test_batch_on_dask_workers_stores_the_same_lists(serving_stack, scheduler, tmp_path):
+@pytest.fixture(scope="module")
+def exact_search_config(serving_stack):
+    """The stack's configuration on a FLAT (exact search) copy of the item collection: two
+    executions of the cascade are compared to 1e-6, so retrieval must not depend on Milvus'
+    internal state between them (approximate indexes, segments, first-search effects)."""
+    from recsys.stack import build_index
+
     config = serving_stack[0]
+    exact = dataclasses.replace(config, milvus=dataclasses.replace(
+        config.milvus, collection="test_dask_exact", index_type="FLAT", index_params={}, search_params={}))
+    build_index(exact)
+    return exact
+
+
+def test_batch_on_dask_workers_stores_the_same_lists(exact_search_config, scheduler, tmp_path):
+    config = exact_search_config
     options = dict(k=config.serving.top_k, chunk_size=40, progress=False)
     single = run_batch(config, BatchOptions(db_url=f"sqlite:///{tmp_path / 'single.db'}", **options))
     on_dask = run_batch(dataclasses.replace(config, dask_scheduler=scheduler),
@@ -93,7 +107,7 @@ def test_batch_on_dask_workers_stores_the_same_lists(serving_stack, scheduler, t
     assert set(got) == set(expected)  # every user once, none added
     for user, (items, scores) in expected.items():
         assert got[user][0] == items, user
-        np.testing.assert_allclose(got[user][1], scores, rtol=1e-6)
+        np.testing.assert_allclose(got[user][1], scores, rtol=1e-6, err_msg=f"user {user}")
     # the chunks ran on the cluster's workers, each of which loaded the cascade once
     from distributed import Client
 
