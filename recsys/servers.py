@@ -53,11 +53,37 @@ class StopRequest:
         return self.requested
 
 
+_PORTS_GIVEN: set[int] = set()  # ports handed out by this process, possibly not bound yet
+_LOWEST_PORT = 22_000  # above the fixed ports of the servers we run (Milvus' 2112x among them)
+
+
 def free_port() -> int:
-    """An unused TCP port on 127.0.0.1."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """An unused TCP port on 127.0.0.1, below the kernel's ephemeral range when there is room:
+    a port the kernel hands out (bind to 0) comes from that range, which outgoing connections
+    also draw from, so one of them could take it before the server binds it (seen in CI:
+    Milvus "set proxy_port=52849, but bind failed")."""
+    import random
+
+    low = _ephemeral_low()
+    for _ in range(200):
+        port = random.randint(_LOWEST_PORT, low - 1) if low - _LOWEST_PORT >= 1_000 else 0
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            port = sock.getsockname()[1]
+        if port not in _PORTS_GIVEN:
+            _PORTS_GIVEN.add(port)
+            return port
+    raise ServerError("no free TCP port found on 127.0.0.1")
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32_768
 
 
 def _detach_but_die_with_parent() -> None:
