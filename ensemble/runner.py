@@ -11,13 +11,10 @@ from merlin.dag.runtime import Runtime
 from merlin.systems.dag import Ensemble
 from merlin.table import TensorTable
 
+from ensemble.errors import BadRequest
 from ensemble.executor import ServingExecutor
 
 OUTPUTS = ("item_ids", "scores", "fallback", "source", "filled")
-
-
-class BadRequest(ValueError):
-    """The request itself is wrong (the caller can fix it)."""
 
 
 class Recommender:

@@ -21,6 +21,7 @@ from merlin.schema import ColumnSchema, Schema
 from merlin.systems.dag import Ensemble
 from merlin.table import TensorTable
 
+from ensemble.errors import BadRequest
 from ensemble.executor import ServingExecutor
 from operators.feast_lookup import QueryFeatures
 from operators.milvus import SimilarItems
@@ -52,8 +53,8 @@ instance_group [
 """
 
 
-class BadItemRequest(ValueError):
-    """The request itself is wrong (the caller can fix it)."""
+class BadItemRequest(BadRequest):
+    """The ``similar_items`` request itself is wrong (the caller can fix it)."""
 
 
 def build_similar_ensemble(config: Config, artifacts: Artifacts) -> Ensemble:

@@ -1,6 +1,5 @@
 """The ``similar_items`` model for Triton's Python backend (see :mod:`ensemble.similar`)."""
 import logging
-import traceback
 from pathlib import Path
 
 import numpy as np
@@ -22,21 +21,15 @@ class TritonPythonModel:
         return [self._answer(request) for request in requests]
 
     def _answer(self, request):
-        from ensemble.similar import BadItemRequest
-        from operators.milvus import MilvusUnavailable
+        from ensemble.errors import error_response
 
         try:
             item_ids = pb_utils.get_input_tensor_by_name(request, "item_id").as_numpy()
             item_filter = self.runner.compile_filter(_text_input(request, "filter"),
                                                      _text_input(request, "filter_values"))
             result = self.runner.similar(item_ids, item_filter)
-        except BadItemRequest as exc:
-            return _error(f"bad request: {exc}")
-        except MilvusUnavailable as exc:
-            return _error(f"dependency unavailable: {exc}")
-        except Exception as exc:  # keep serving; the log has the traceback
-            LOG.error("similar_items failed: %s", traceback.format_exc())
-            return _error(f"internal error: {type(exc).__name__}: {exc}")
+        except Exception as exc:  # keep serving: the caller gets the error, with its code
+            return error_response(pb_utils, exc, LOG)
         return pb_utils.InferenceResponse(output_tensors=[
             pb_utils.Tensor("item_ids", result["item_ids"].astype(np.int64)),
             pb_utils.Tensor("scores", result["scores"].astype(np.float32)),
@@ -49,7 +42,3 @@ def _text_input(request, name):
     from ensemble.similar import BadItemRequest
 
     return optional_text(pb_utils.get_input_tensor_by_name(request, name), name, BadItemRequest)
-
-
-def _error(message):
-    return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message))

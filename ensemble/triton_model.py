@@ -3,14 +3,14 @@
 One request = a batch of raw user ids (and optionally a ``filter`` expression with its
 ``filter_values``, see :mod:`operators.filters`); the whole cascade runs in this process
 (:class:`ensemble.runner.Recommender`). Mistakes of the caller come back as a clear error
-for that request; failures of a dependency (Milvus, Feast) come back as an error naming the
-dependency; the model keeps serving in both cases. An unreadable Feast online store is not an
+for that request (INVALID_ARG: HTTP 400); failures of a dependency (Milvus, Feast) come back as
+an error naming the dependency (UNAVAILABLE: HTTP 503), see :mod:`ensemble.errors`; the model
+keeps serving in both cases. An unreadable Feast online store is not an
 error: those users take the cold-start path and items get default features, counted in
 ``recsys_feature_store_failures_total{feature_view=...}``. Per-stage time is exported as Triton
 custom metrics (``recsys_stage_seconds_total{stage=...}``) on the metrics port.
 """
 import logging
-import traceback
 from pathlib import Path
 
 import numpy as np
@@ -50,24 +50,18 @@ class TritonPythonModel:
         return [self._answer(request) for request in requests]
 
     def _answer(self, request):
-        from ensemble.runner import BadRequest
-        from operators.feast_lookup import FeatureStoreUnavailable
-        from operators.milvus import MilvusUnavailable
+        from ensemble.errors import classify, error_response
 
         try:
             user_ids = pb_utils.get_input_tensor_by_name(request, "user_id").as_numpy()
             item_filter = self.recommender.compile_filter(_text_input(request, "filter"),
                                                           _text_input(request, "filter_values"))
             result = self.recommender.recommend(user_ids, item_filter)
-        except BadRequest as exc:
-            self._outcome_metrics["bad_request"].increment(1)
-            return _error(f"bad request: {exc}")
-        except (MilvusUnavailable, FeatureStoreUnavailable) as exc:
-            self._outcome_metrics["dependency_error"].increment(1)
-            return _error(f"dependency unavailable: {exc}")
-        except Exception as exc:  # keep serving; the log has the traceback
-            LOG.error("recommender failed: %s", traceback.format_exc())
-            return _error(f"internal error: {type(exc).__name__}: {exc}")
+        except Exception as exc:  # keep serving: the caller gets the error, with its code
+            outcome = {"INVALID_ARG": "bad_request", "UNAVAILABLE": "dependency_error"}.get(classify(exc)[0])
+            if outcome:
+                self._outcome_metrics[outcome].increment(1)
+            return error_response(pb_utils, exc, LOG)
         self._record(result)
         return pb_utils.InferenceResponse(output_tensors=[
             pb_utils.Tensor("item_ids", result["item_ids"].astype(np.int64)),
@@ -101,7 +95,3 @@ def _text_input(request, name):
     from ensemble.runner import BadRequest
 
     return optional_text(pb_utils.get_input_tensor_by_name(request, name), name, BadRequest)
-
-
-def _error(message):
-    return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message))

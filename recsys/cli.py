@@ -156,22 +156,30 @@ def _serve(config: Config, reindex: bool) -> None:
     if not (config.model_repository / config.serving.model_name).is_dir():
         stack.export(config)
     from recsys.servers import StopRequest
+    from recsys.supervisor import Supervisor, state_path
 
     stop = StopRequest()
     with stack.local_stack(config, reindex=reindex) as (milvus, triton):
+        supervisor = Supervisor([s for s in (milvus, triton, triton.front) if s], config.supervisor,
+                                state_path(config))
         print(f"Milvus  {config.milvus.endpoint}" + (f"  (pid {milvus.pid}, data {config.milvus_data_dir})" if milvus else ""))
         print(f"Triton  HTTP {triton.http_url}  gRPC {triton.grpc_url}  "
               f"metrics {triton.host}:{triton.metrics_port}  (pid {triton.pid})")
+        if triton.front:
+            print(f"        HTTP through the request guard (pid {triton.front.pid}) to Triton's private "
+                  f"127.0.0.1:{triton.upstream_http_port}")
         print(f"model   {config.serving.model_name}  from {config.model_repository}")
         key_source = ("RECSYS_TRITON_ADMIN_KEY / triton.admin_key" if config.triton.admin_key
                       else config.triton.admin_key_file or config.workdir / "triton" / "admin-key")
         print(f"admin   Triton's repository/config/statistics APIs need header recsys-admin-key "
               f"(key: {key_source})")
-        print("Ctrl-C to stop.", flush=True)
-        while not stop.sleep(0.5):
-            if not triton.alive() or (milvus and not milvus.alive()):
-                print("a server exited; stopping", file=sys.stderr)
-                break
+        print(f"a server that exits is restarted (at most {config.supervisor.max_restarts} times in "
+              f"{config.supervisor.window_s:.0f}s); Ctrl-C to stop.", flush=True)
+        try:
+            while not stop.sleep(0.5):
+                supervisor.check()
+        finally:
+            state_path(config).unlink(missing_ok=True)
     print("stopped Milvus and Triton", flush=True)
 
 

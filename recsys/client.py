@@ -7,11 +7,19 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ensemble.errors import DEPENDENCY_PREFIX
+
 OUTPUTS = ("item_ids", "scores", "fallback", "source", "filled")
 
 
 class RecommendError(RuntimeError):
-    """Triton answered the request with an error (the message says what is wrong)."""
+    """Triton answered the request with an error (the message says what is wrong).
+    ``status``: the HTTP status ("400": the request is wrong, "503": a dependency is down,
+    "500": a server bug) or gRPC code ("StatusCode.INVALID_ARGUMENT", ...)."""
+
+    def __init__(self, message: str, status: str | None = None):
+        super().__init__(message)
+        self.status = status
 
 
 class TritonUnreachable(ConnectionError):
@@ -101,7 +109,7 @@ class RecommenderClient:
                     result = client.infer(model, tensors, outputs=requested)
             except (InferenceServerException, OSError) as exc:
                 if not _unreachable(exc):
-                    raise RecommendError(exc.message()) from exc
+                    raise RecommendError(exc.message(), str(exc.status())) from exc
                 self._resting_until[index] = time.monotonic() + self.rest_s
                 unreachable.append(f"{self.endpoints[index]}: {_describe(exc)}")
                 continue
@@ -148,7 +156,9 @@ def _unreachable(exc: Exception) -> bool:
     """A failure to reach the server (try another replica), not an answer from the model."""
     if isinstance(exc, OSError):  # tritonclient.http: refused, reset, timed out
         return True
-    return str(exc.status()) in ("StatusCode.UNAVAILABLE",)  # tritonclient.grpc
+    # tritonclient.grpc: UNAVAILABLE is also what the model answers when Milvus or Feast is
+    # down (its message says so); that replica is up and every other would answer the same.
+    return str(exc.status()) == "StatusCode.UNAVAILABLE" and DEPENDENCY_PREFIX not in str(exc.message())
 
 
 def _describe(exc: Exception) -> str:

@@ -178,12 +178,32 @@ class TritonConfig:
     # round robin, skipping one that does not answer. Empty: the local server above.
     http_endpoints: tuple[str, ...] = ()
     grpc_endpoints: tuple[str, ...] = ()
+    # The HTTP port is served by a checking front (recsys/http_guard.py) that refuses requests
+    # whose declared shapes would crash tritonserver 2.51 (README, Security) and forwards the
+    # rest to Triton on a private loopback port; false: Triton serves http_port itself.
+    http_guard: bool = True
+    max_request_bytes: int = 16 * 1024 * 1024
+    # How long the guard holds a request while Triton cannot be reached (restarting), then 503.
+    http_guard_wait_s: float = 30.0
 
     def client_endpoints(self, protocol: str) -> list[str]:
         """The ``host:port`` endpoints a client of ``protocol`` (http/grpc) sends requests to."""
         configured = self.grpc_endpoints if protocol == "grpc" else self.http_endpoints
         port = self.grpc_port if protocol == "grpc" else self.http_port
         return list(configured) or [f"{self.host}:{port}"]
+
+
+@dataclass
+class SupervisorConfig:
+    """How ``recsys serve`` keeps its servers running: a server that exits is started again
+    after ``backoff_s`` (doubling per recent exit, at most ``max_backoff_s``); more than
+    ``max_restarts`` exits within ``window_s`` and ``serve`` gives up (exit status 1) so that
+    an outer supervisor (systemd, Kubernetes) takes over."""
+
+    max_restarts: int = 10
+    window_s: float = 600.0
+    backoff_s: float = 1.0
+    max_backoff_s: float = 30.0
 
 
 @dataclass
@@ -219,6 +239,7 @@ class Config:
     milvus: MilvusConfig = field(default_factory=MilvusConfig)
     triton: TritonConfig = field(default_factory=TritonConfig)
     serving: ServingConfig = field(default_factory=ServingConfig)
+    supervisor: SupervisorConfig = field(default_factory=SupervisorConfig)
 
     # Derived locations of the offline artifacts; one direction: training -> serving.
     @property

@@ -110,13 +110,34 @@ class ManagedProcess:
         self.env = env
         self.process: subprocess.Popen | None = None
 
+    startup_timeout_s: float = 120.0
+
     def start(self) -> None:
+        """Spawn the process and wait until it is ready (:class:`ServerError` if it exits or
+        is not ready in ``startup_timeout_s``)."""
+        self.spawn()
+        _wait_until(self.ready, self.startup_timeout_s, self)
+
+    def spawn(self, append_log: bool = False) -> None:
+        """Start the process without waiting; ``append_log`` keeps the previous run's log
+        (a restart after a crash must not erase the crash's last lines)."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "wb")
+        log = open(self.log_path, "ab" if append_log else "wb")
+        if append_log:
+            log.write(f"\n==== restarted at {time.strftime('%Y-%m-%d %H:%M:%S')} ====\n".encode())
+            log.flush()
         self.process = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT,
                                         stdin=subprocess.DEVNULL, env=self.env,
                                         preexec_fn=_detach_but_die_with_parent)
         log.close()
+
+    def ready(self) -> bool:
+        """Whether the server answers (each server says what that means)."""
+        return self.alive()
+
+    def exit_status(self) -> int | None:
+        """The exit status of a process that has ended (negative: killed by that signal)."""
+        return None if self.process is None else self.process.poll()
 
     @property
     def pid(self) -> int | None:
@@ -140,6 +161,17 @@ class ManagedProcess:
         except ProcessLookupError:
             pass
         self.process.wait(timeout=timeout_s)
+        self.process = None
+
+    def reap(self) -> None:
+        """After the process exited: kill what is left of its process group and forget it."""
+        if self.process is None:
+            return
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.process.wait(timeout=30)
         self.process = None
 
     def tail(self, lines: int = 30) -> str:
@@ -178,9 +210,8 @@ class MilvusProcess(ManagedProcess):
     def uri(self) -> str:
         return f"http://{self.host}:{self.port}"
 
-    def start(self, timeout_s: float = 120.0) -> None:
-        super().start()
-        _wait_until(lambda: "READY" in self.tail(5) and self.serving(), timeout_s, self)
+    def ready(self) -> bool:
+        return "READY" in self.tail(5) and self.serving()
 
     def serving(self) -> bool:
         """True once a client can connect and list collections (health alone is not enough).
@@ -243,6 +274,14 @@ class TritonProcess(ManagedProcess):
         cfg = config.triton
         self.host, self.http_port, self.grpc_port, self.metrics_port = (
             cfg.host, cfg.http_port, cfg.grpc_port, cfg.metrics_port)
+        # With the HTTP guard, Triton's own HTTP endpoint is private (loopback, a free port) and
+        # the guard serves http_port; it is started and stopped with Triton but supervised on
+        # its own (it keeps holding requests while Triton restarts).
+        http_host, self.upstream_http_port = (("127.0.0.1", free_port()) if cfg.http_guard
+                                              else (cfg.host, cfg.http_port))
+        self.front = (HttpGuardProcess(cfg, f"127.0.0.1:{self.upstream_http_port}",
+                                       config.workdir / "triton" / "http-guard.log")
+                      if cfg.http_guard else None)
         self.startup_timeout_s = cfg.startup_timeout_s
         self.model_name = config.serving.model_name
         triton_root = _site_packages() / "pytriton" / "tritonserver"
@@ -254,7 +293,7 @@ class TritonProcess(ManagedProcess):
             f"--model-repository={repository}",
             f"--backend-directory={backends}",
             f"--cache-directory={triton_root / 'caches'}",
-            f"--http-address={cfg.host}", f"--http-port={cfg.http_port}",
+            f"--http-address={http_host}", f"--http-port={self.upstream_http_port}",
             f"--grpc-address={cfg.host}", f"--grpc-port={cfg.grpc_port}",
             f"--metrics-address={cfg.host}", f"--metrics-port={cfg.metrics_port}",
             f"--http-restricted-api={TRITON_RESTRICTED_APIS}:{TRITON_ADMIN_HEADER}={self.admin_key}",
@@ -279,17 +318,50 @@ class TritonProcess(ManagedProcess):
     def grpc_url(self) -> str:
         return f"{self.host}:{self.grpc_port}"
 
+    def start(self) -> None:
+        """The HTTP guard (if not running), then Triton, until the model is ready."""
+        if self.front is not None and not self.front.alive():
+            self.front.start()
+        super().start()
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        super().stop(timeout_s)
+        if self.front is not None:
+            self.front.stop(timeout_s)
+
     def ready(self) -> bool:
-        url = f"http://{self.http_url}/v2/models/{self.model_name}/ready"
+        url = f"http://127.0.0.1:{self.upstream_http_port}/v2/models/{self.model_name}/ready" \
+            if self.front is not None else f"http://{self.http_url}/v2/models/{self.model_name}/ready"
         try:
             with urllib.request.urlopen(url, timeout=2) as response:
                 return response.status == 200
         except OSError:
             return False
 
-    def start(self) -> None:
-        super().start()
-        _wait_until(self.ready, self.startup_timeout_s, self)
+
+
+class HttpGuardProcess(ManagedProcess):
+    """The checking front of Triton's HTTP endpoint (:mod:`recsys.http_guard`) on
+    ``triton.host:http_port``, forwarding to ``upstream``."""
+
+    startup_timeout_s = 30.0
+
+    def __init__(self, cfg, upstream: str, log_path: Path):
+        self.listen = f"{cfg.host}:{cfg.http_port}"
+        command = [sys.executable, "-m", "recsys.http_guard", "--listen", self.listen,
+                   "--upstream", upstream, "--max-body-bytes", str(cfg.max_request_bytes),
+                   "--upstream-wait", str(cfg.http_guard_wait_s)]
+        super().__init__("http-guard", command, log_path)
+
+    def ready(self) -> bool:
+        if "READY" not in self.tail(3):
+            return False
+        host, port = self.listen.rsplit(":", 1)
+        try:
+            with socket.create_connection((host, int(port)), timeout=1):
+                return True
+        except OSError:
+            return False
 
 
 def admin_key(config: Config) -> str:

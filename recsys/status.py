@@ -1,8 +1,8 @@
 """``recsys status``: is every part of the serving stack healthy?
 
 Triton (live, ready, and ready per model of the exported repository), Milvus (reachable,
-collection present and loaded, row count) and Feast (registry readable, last materialization
-per feature view). Each check is one :class:`Check`; the command exits non-zero if any fails.
+collection present and loaded, row count), Feast (registry readable, last materialization
+per feature view) and, under ``recsys serve``, each server's restarts and last exit. Each check is one :class:`Check`; the command exits non-zero if any fails.
 """
 from __future__ import annotations
 
@@ -99,9 +99,29 @@ def feast_checks(config: Config) -> list[Check]:
     return checks
 
 
+def supervisor_checks(config: Config) -> list[Check]:
+    """Restarts of the servers of a running ``recsys serve`` (none without one): a server
+    that was restarted is fine once it runs again; one being restarted, or given up on, is not."""
+    from recsys.supervisor import read_state, state_path
+
+    state = read_state(state_path(config))
+    if state is None:
+        return []
+    checks = []
+    for name, record in sorted(state["servers"].items()):
+        detail = f"{record['restarts']} restarts"
+        if record["exits"]:
+            last = record["exits"][-1]
+            detail += f", last exit {last['at']}: {last['description']}"
+        if record.get("last_recovery_s") is not None:
+            detail += f", ready again after {record['last_recovery_s']:.1f}s"
+        checks.append(Check("serve", f"{name} {record['state']}", record["state"] == "running", detail))
+    return checks
+
+
 def status(config: Config) -> list[Check]:
-    """Every check, Triton, Milvus, Feast."""
-    return triton_checks(config) + milvus_checks(config) + feast_checks(config)
+    """Every check, Triton, Milvus, Feast, and the restarts ``recsys serve`` made."""
+    return triton_checks(config) + milvus_checks(config) + feast_checks(config) + supervisor_checks(config)
 
 
 def render(checks: list[Check], as_json: bool = False) -> str:

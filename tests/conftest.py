@@ -7,8 +7,15 @@ only the users file knows (cold users with features)."""
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import shutil
+import signal
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -124,6 +131,69 @@ def catalogue(serving_stack):
     items = set(pd.read_parquet(artifacts.items)["item_id"].tolist())
     popular = pd.read_parquet(artifacts.popular_items)["item_id"].to_numpy()
     return users, items, popular
+
+
+@dataclass
+class ServeRun:
+    """A running ``recsys serve``: its process, ports and what it printed up to "Ctrl-C"."""
+
+    process: subprocess.Popen
+    ports: dict[str, int]
+    output: str
+    config_path: Path
+
+
+@contextmanager
+def recsys_serve(trained_config: Config, root: Path, collection: str, extra_toml: str = ""):
+    """``recsys serve`` in a subprocess on a copy of ``trained_config``'s artifacts (its Feast
+    repo), free ports, its own Milvus; stopped (SIGTERM, then SIGKILL of its group) on exit."""
+    workdir = root / "work"
+    for name in ("data", "workflows", "models"):
+        shutil.copytree(trained_config.workdir / name, workdir / name)
+    ports = {"http": free_port(), "grpc": free_port(), "metrics": free_port(), "milvus": free_port()}
+    config_path = root / "recsys.toml"
+    config_path.write_text(f"""
+workdir = "{workdir}"
+feature_repo = "{trained_config.feature_repo}"
+[milvus]
+port = {ports['milvus']}
+collection = "{collection}"
+[triton]
+http_port = {ports['http']}
+grpc_port = {ports['grpc']}
+metrics_port = {ports['metrics']}
+[serving]
+retrieval_k = {trained_config.serving.retrieval_k}
+{extra_toml}
+""")
+    recsys = str(Path(sys.executable).parent / "recsys")
+    process = subprocess.Popen([recsys, "--config", str(config_path), "serve"],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               start_new_session=True)
+    try:
+        lines = []
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            line = process.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if "Ctrl-C to stop" in line:
+                break
+        yield ServeRun(process, ports, "".join(lines), config_path)
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="session")
+def serve_command():
+    """:func:`recsys_serve`, for test modules (they cannot import this conftest)."""
+    return recsys_serve
 
 
 # Modules that must see a fresh serving stack: test_faults asks for users whose features are

@@ -3,10 +3,7 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,7 +11,6 @@ import pandas as pd
 import pytest
 
 from recsys.client import RecommenderClient
-from recsys.servers import free_port
 from training.pipeline import Artifacts
 
 pytestmark = pytest.mark.integration
@@ -32,45 +28,15 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL])
-def test_serve_runs_in_foreground_and_stops_cleanly(serving_stack, tmp_path, stop_signal):
+def test_serve_runs_in_foreground_and_stops_cleanly(serving_stack, serve_command, tmp_path, stop_signal):
     trained_config = serving_stack[0]  # Feast applied and materialized
-    workdir = tmp_path / "work"
     artifacts = Artifacts.of(trained_config)
-    for name in ("data", "workflows", "models"):
-        shutil.copytree(trained_config.workdir / name, workdir / name)
-    ports = {"http": free_port(), "grpc": free_port(), "metrics": free_port(), "milvus": free_port()}
-    (tmp_path / "recsys.toml").write_text(f"""
-workdir = "{workdir}"
-feature_repo = "{trained_config.feature_repo}"
-[milvus]
-port = {ports['milvus']}
-collection = "serve_test"
-[triton]
-http_port = {ports['http']}
-grpc_port = {ports['grpc']}
-metrics_port = {ports['metrics']}
-[serving]
-retrieval_k = {trained_config.serving.retrieval_k}
-""")
-    recsys = str(Path(sys.executable).parent / "recsys")
-    process = subprocess.Popen([recsys, "--config", str(tmp_path / "recsys.toml"), "serve"],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               start_new_session=True)
-    lines = []
-    try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            line = process.stdout.readline()
-            if not line:
-                break
-            lines.append(line)
-            if "Ctrl-C to stop" in line:
-                break
-        output = "".join(lines)
+    with serve_command(trained_config, tmp_path, "serve_test") as served:
+        process, ports, output = served.process, served.ports, served.output
         assert "Ctrl-C to stop" in output, output
         assert f"127.0.0.1:{ports['http']}" in output and f"127.0.0.1:{ports['grpc']}" in output
         pids = [int(p) for p in re.findall(r"pid (\d+)", output)]
-        assert len(pids) == 2, output
+        assert len(pids) == 3, output  # Milvus, Triton, the HTTP guard
 
         users = pd.read_parquet(artifacts.users)["user_id"].to_numpy()[:2]
         client = RecommenderClient(f"127.0.0.1:{ports['grpc']}", "grpc")
@@ -88,10 +54,3 @@ retrieval_k = {trained_config.serving.retrieval_k}
             assert "stopped Milvus and Triton" in rest
         for pid in pids:
             assert not _alive(pid), f"process {pid} left behind"
-    finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)

@@ -61,13 +61,19 @@ def test_an_unreachable_replica_is_skipped_and_rested(protocol, failure):
     assert down.calls == 2
 
 
-def test_a_model_error_is_not_retried_on_another_replica():
-    bad = InferenceServerException("bad request: user_id is empty", status="StatusCode.INTERNAL")
-    first, second = _Replica("a:1", bad), _Replica("b:1")
-    client = _client("grpc", first, second)
-    with pytest.raises(RecommendError, match="user_id is empty"):
+@pytest.mark.parametrize("protocol, error", [
+    ("grpc", InferenceServerException("bad request: user_id is empty", status="StatusCode.INVALID_ARGUMENT")),
+    ("http", InferenceServerException("bad request: user_id is empty", status="400")),
+    ("grpc", InferenceServerException("dependency unavailable: Milvus at x: down", status="StatusCode.UNAVAILABLE")),
+    ("http", InferenceServerException("dependency unavailable: Milvus at x: down", status="503")),
+])
+def test_a_model_error_is_not_retried_on_another_replica_nor_rests_it(protocol, error):
+    first, second = _Replica("a:1", error), _Replica("b:1")
+    client = _client(protocol, first, second)
+    with pytest.raises(RecommendError) as raised:
         client.recommend([1])
-    assert second.calls == 0
+    assert raised.value.status == error.status() and str(raised.value) == error.message()
+    assert second.calls == 0 and client._resting_until[0] == 0.0
 
 
 def test_every_replica_unreachable_names_each():
