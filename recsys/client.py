@@ -53,7 +53,7 @@ class RecommenderClient:
         else:
             import tritonclient.grpc as module
 
-            self._clients = [module.InferenceServerClient(e) for e in self.endpoints]
+            self._clients = [self._connect(module, e) for e in self.endpoints]
         self._module = module
         self._turn = 0
         self._resting_until = [0.0] * len(self.endpoints)
@@ -111,11 +111,19 @@ class RecommenderClient:
                 if not _unreachable(exc):
                     raise RecommendError(exc.message(), str(exc.status())) from exc
                 self._resting_until[index] = time.monotonic() + self.rest_s
+                if self.protocol == "grpc":  # a new channel connects at once when it is back
+                    self._clients[index].close()
+                    self._clients[index] = self._connect(self._module, self.endpoints[index])
                 unreachable.append(f"{self.endpoints[index]}: {_describe(exc)}")
                 continue
             self.answered[index] += 1
             return {name: result.as_numpy(name) for name in outputs}
         raise TritonUnreachable(f"no Triton endpoint answered ({self.protocol}): " + "; ".join(unreachable))
+
+    @staticmethod
+    def _connect(module, endpoint: str):
+        """A gRPC client of one endpoint."""
+        return module.InferenceServerClient(endpoint, channel_args=_grpc_channel_args())
 
     def _rotation(self) -> list[int]:
         """Endpoint indexes in round-robin order from the next turn, rested ones last."""
@@ -142,6 +150,24 @@ class RecommenderClient:
     def close(self) -> None:
         for client in self._clients:
             client.close()
+
+
+def _grpc_channel_args() -> list[tuple]:
+    """tritonclient's own channel options, with gRPC's reconnect backoff capped at 2 s: its
+    default grows to 120 s, so a client kept failing for minutes after a Triton restart."""
+    from tritonclient.grpc import KeepAliveOptions
+    from tritonclient.grpc._client import MAX_GRPC_MESSAGE_SIZE
+
+    keepalive = KeepAliveOptions()
+    return [("grpc.max_send_message_length", MAX_GRPC_MESSAGE_SIZE),
+            ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE_SIZE),
+            ("grpc.keepalive_time_ms", keepalive.keepalive_time_ms),
+            ("grpc.keepalive_timeout_ms", keepalive.keepalive_timeout_ms),
+            ("grpc.keepalive_permit_without_calls", keepalive.keepalive_permit_without_calls),
+            ("grpc.http2.max_pings_without_data", keepalive.http2_max_pings_without_data),
+            ("grpc.initial_reconnect_backoff_ms", 250),
+            ("grpc.min_reconnect_backoff_ms", 250),
+            ("grpc.max_reconnect_backoff_ms", 2000)]
 
 
 def _endpoints(url: str | Sequence[str]) -> list[str]:

@@ -144,9 +144,9 @@ class ServeRun:
 
 
 @contextmanager
-def recsys_serve(trained_config: Config, root: Path, collection: str, extra_toml: str = ""):
+def recsys_serve(trained_config: Config, root: Path, collection: str, triton_toml: str = ""):
     """``recsys serve`` in a subprocess on a copy of ``trained_config``'s artifacts (its Feast
-    repo), free ports, its own Milvus; stopped (SIGTERM, then SIGKILL of its group) on exit."""
+    repo), free ports, its own Milvus, ``triton_toml`` lines added to its [triton] table; stopped (SIGTERM, then SIGKILL of its group) on exit."""
     workdir = root / "work"
     for name in ("data", "workflows", "models"):
         shutil.copytree(trained_config.workdir / name, workdir / name)
@@ -162,9 +162,9 @@ collection = "{collection}"
 http_port = {ports['http']}
 grpc_port = {ports['grpc']}
 metrics_port = {ports['metrics']}
+{triton_toml}
 [serving]
 retrieval_k = {trained_config.serving.retrieval_k}
-{extra_toml}
 """)
     recsys = str(Path(sys.executable).parent / "recsys")
     process = subprocess.Popen([recsys, "--config", str(config_path), "serve"],

@@ -56,7 +56,7 @@ def _status(config_path: Path) -> dict:
 def served(serving_stack, serve_command, tmp_path_factory):
     config = serving_stack[0]
     root = tmp_path_factory.mktemp("hostile")
-    with serve_command(config, root, "hostile_test", "[triton]\nhttp_guard_wait_s = 180\n") as run:
+    with serve_command(config, root, "hostile_test", "http_guard_wait_s = 180") as run:
         assert "Ctrl-C to stop" in run.output, run.output
         yield run, pd.read_parquet(Artifacts.of(config).users)["user_id"].to_numpy()[:8].tolist()
 
@@ -133,7 +133,12 @@ def test_a_crashed_triton_is_restarted_and_no_request_is_lost_beyond_those_in_fl
     assert all(s <= crash + 0.5 and "closed the connection during the request" in o for s, _, o in lost), lost
     assert sum(o[2] == "http ok" for o in http if o[0] > crash) > 0
     grpc_failures = [o for o in outcomes if o[2].startswith("grpc") and o[2] != "grpc ok"]
-    assert all(o[0] < recovered + 1 for o in grpc_failures), grpc_failures  # only while Triton was down
+    # gRPC callers fail while Triton is down (no front holds them) and reconnect within the
+    # client's capped backoff (2 s) once it is back.
+    first_grpc = min((s for s, _, o in outcomes if s > crash + 1 and o == "grpc ok"), default=None)
+    timeline = [(round(s - crash, 2), round(a - crash, 2), o[:60]) for s, a, o in grpc_failures[-3:]]
+    assert all(o[0] < recovered + 3 for o in grpc_failures), (round(recovered - crash, 2),
+                                                               first_grpc and round(first_grpc - crash, 2), timeline)
 
     state = _status(run.config_path)
     triton, = [c for c in state["checks"] if c["component"] == "serve" and c["name"].startswith("tritonserver")]

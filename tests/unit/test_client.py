@@ -34,6 +34,8 @@ class _Replica:
 def _client(protocol: str, *replicas: _Replica, rest_s: float = 5.0) -> RecommenderClient:
     client = RecommenderClient(",".join(r.endpoint for r in replicas), protocol, rest_s=rest_s)
     client._clients = list(replicas)
+    by_endpoint = {r.endpoint: r for r in replicas}
+    client._connect = lambda module, endpoint: by_endpoint[endpoint]  # a reconnect finds the same stand-in
     return client
 
 
