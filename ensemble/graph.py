@@ -19,7 +19,7 @@ from merlin.schema import ColumnSchema, Schema
 from merlin.systems.dag import Ensemble
 
 from operators.feast_lookup import QueryFeatures
-from operators.milvus import QueryMilvus
+from operators.milvus import CATEGORY_FEATURE, QueryMilvus
 from operators.ordering import FilterCandidates, OrderCandidates, PopularFallback
 from operators.tensorflow import PredictSavedModel
 from operators.workflow import TransformFeatures
@@ -28,7 +28,6 @@ from training.features import HISTORY
 from training.pipeline import Artifacts
 
 REQUEST_SCHEMA = Schema([ColumnSchema("user_id", dtype=np.int64, dims=(None,))])
-CATEGORY_FEATURE = "item_category"  # the item feature the Milvus collection stores
 
 
 def popular_item_features(config: Config, popular_ids: np.ndarray, features: dict[str, str]) -> dict[str, list]:

@@ -61,7 +61,8 @@ def build_similar_ensemble(config: Config, artifacts: Artifacts) -> Ensemble:
     """item_id -> the ``retrieval_k`` nearest items in Milvus (the request filter's Milvus part
     pushed down) -> their Feast features -> the request filter -> the first ``top_k``, filled
     from the popular items within the filter."""
-    from ensemble.graph import CATEGORY_FEATURE, feast_features, popular_item_features
+    from ensemble.graph import feast_features, popular_item_features
+    from operators.milvus import CATEGORY_FEATURE
 
     popular = pd.read_parquet(artifacts.popular_items)["item_id"].to_numpy()
     views = feast_features(config)["item_features"]

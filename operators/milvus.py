@@ -19,11 +19,13 @@ from merlin.table import TensorTable
 
 from operators.settings import serving_config
 from recsys.config import MilvusConfig
+from training.progress import bar
 
 LOG = logging.getLogger(__name__)
 ID_FIELD = "item_id"
 VECTOR_FIELD = "embedding"
 CATEGORY_FIELD = "category"
+CATEGORY_FEATURE = "item_category"  # the item feature stored in CATEGORY_FIELD (filter pushdown)
 METRIC = "IP"
 MISSING_ID = -1
 
@@ -89,22 +91,21 @@ def search_params(cfg: MilvusConfig, limit: int) -> dict:
     return {"metric_type": METRIC, "params": params}
 
 
-def build_item_index(cfg: MilvusConfig, item_ids: np.ndarray, vectors: np.ndarray,
-                     categories: np.ndarray | None = None) -> int:
+def build_item_index(cfg: MilvusConfig, item_ids: np.ndarray, vectors: np.ndarray, items=None,
+                     progress: bool = False) -> int:
     """Build a new collection with the item vectors (inserted in chunks, the configured index
     with the IP metric, loaded), then point the alias ``cfg.collection`` - the name serving
     searches - at it and drop the collection it pointed at before. Serving never sees a
-    half-built index: until the switch it searches the previous collection. Returns the row
-    count."""
+    half-built index: until the switch it searches the previous collection. ``items``: the
+    item features (for each row's category, :func:`item_rows`). Returns the row count."""
     client = connect(cfg, timeout_s=max(cfg.timeout_s, 60.0))
     try:
         physical = f"{cfg.collection}{GENERATION_SEPARATOR}{time.time_ns() // 1_000_000}"
         _create_item_collection(client, physical, int(vectors.shape[1]))
-        if categories is None:
-            categories = np.full(len(item_ids), "", dtype=object)
-        for start in range(0, len(item_ids), cfg.insert_chunk_size):
+        chunks = range(0, len(item_ids), cfg.insert_chunk_size)
+        for start in bar(chunks, len(chunks), f"inserting {len(item_ids):,} item vectors", progress):
             stop = start + cfg.insert_chunk_size
-            client.insert(physical, item_rows(item_ids[start:stop], vectors[start:stop], categories[start:stop]))
+            client.insert(physical, item_rows(item_ids[start:stop], vectors[start:stop], items))
         client.flush(physical)
         index_params = client.prepare_index_params()
         index_params.add_index(field_name=VECTOR_FIELD, index_type=cfg.index_type, metric_type=METRIC,
@@ -169,11 +170,35 @@ def _create_item_collection(client, name: str, dim: int) -> None:
     client.create_collection(name, schema=schema)
 
 
-def item_rows(item_ids, vectors, categories=None) -> list[dict]:
-    """Rows of the item collection."""
-    categories = [""] * len(item_ids) if categories is None else categories
-    return [{ID_FIELD: int(i), VECTOR_FIELD: np.asarray(v, dtype=np.float32).tolist(), CATEGORY_FIELD: str(c)}
+def item_rows(item_ids, vectors, items=None) -> list[dict]:
+    """Rows of the item collection: id, vector, and the item's category (its
+    :data:`CATEGORY_FEATURE` in ``items``, a frame with an ``item_id`` column or index; empty
+    when ``items`` has none). Every path that writes items into Milvus builds its rows here,
+    so a category filter pushed into Milvus sees the same categories after a build, a rebuild
+    or an upsert."""
+    categories = item_categories(items, item_ids)
+    return [{ID_FIELD: int(i), VECTOR_FIELD: np.asarray(v, dtype=np.float32).tolist(), CATEGORY_FIELD: c}
             for i, v, c in zip(item_ids, vectors, categories)]
+
+
+def item_categories(items, item_ids) -> list[str]:
+    """The category text of each id (``""`` where unknown), as the filters compare it: a
+    number read from a CSV as ``3`` or ``3.0`` is the category ``"3"``."""
+    if items is None:
+        return [""] * len(item_ids)
+    frame = items.set_index("item_id") if "item_id" in getattr(items, "columns", ()) else items
+    if CATEGORY_FEATURE not in frame.columns:
+        return [""] * len(item_ids)
+    values = frame[CATEGORY_FEATURE].reindex(np.asarray(item_ids, dtype=np.int64))
+    return [_category_text(v) for v in values]
+
+
+def _category_text(value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        return str(int(value))
+    return str(value)
 
 
 def switch_alias(client, alias: str, collection: str) -> str | None:

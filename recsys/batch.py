@@ -340,7 +340,8 @@ def _checked_filter(config: Config, expression: str | None, values) -> dict | No
         if values is not None:
             raise ValueError("--filter-values without --filter")
         return None
-    from ensemble.graph import CATEGORY_FEATURE, feast_features
+    from ensemble.graph import feast_features
+    from operators.milvus import CATEGORY_FEATURE
     from operators.filters import FeatureKinds, FilterError, compile_filter
 
     item_features = feast_features(config)["item_features"]
@@ -635,7 +636,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "'INCLUDE ItemID WHERE Items.genres IN ($GENRES)'")
     parser.add_argument("--filter-values", metavar="JSON",
                         help='values of the filter\'s $PARAMETERS, e.g. \'{"GENRES": ["Comedy"]}\'')
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def main(config: Config, args: argparse.Namespace) -> int:
@@ -644,7 +644,7 @@ def main(config: Config, args: argparse.Namespace) -> int:
 
     options = BatchOptions(k=args.k, db_url=args.db, user_ids=args.user_ids, users_file=args.users_file,
                            chunk_size=args.chunk_size, resume=args.resume, keep_runs=args.keep_runs,
-                           pause_s=args.pause, progress=not args.no_progress, workers=args.workers,
+                           pause_s=args.pause, progress=config.training.progress and not args.no_progress, workers=args.workers,
                            filter=args.filter, filter_values=args.filter_values)
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:

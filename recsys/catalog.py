@@ -63,7 +63,7 @@ class Catalog:
         self._write_features(items)
         client = self._client()
         try:
-            client.upsert(self.config.milvus.collection, item_rows(ids, vectors))
+            client.upsert(self.config.milvus.collection, item_rows(ids, vectors, items))
             self._wait_until_searchable(client, ids, visible_within_s)
         finally:
             client.close()
@@ -100,10 +100,12 @@ class Catalog:
             client.close()
 
     def rebuild(self) -> int:
-        """A new collection from the trained item vectors, then the alias switched to it."""
+        """A new collection from the trained item vectors and the items' categories, then the
+        alias switched to it (what ``recsys index`` and ``serve`` build too)."""
         vectors = pd.read_parquet(self.artifacts.item_vectors)
         return build_item_index(self.config.milvus, vectors["item_id"].to_numpy(),
-                                np.stack(vectors["embedding"].to_numpy()))
+                                np.stack(vectors["embedding"].to_numpy()).astype(np.float32),
+                                pd.read_parquet(self.artifacts.items), progress=self.config.training.progress)
 
     def collection(self) -> str | None:
         """The physical collection serving searches now."""

@@ -24,14 +24,31 @@ URL_HELP = ("host:port, or several Triton replicas separated by commas (used in 
             "default: triton.http_endpoints / grpc_endpoints, else the local Triton")
 
 
+# Accepted before and after the command (``recsys --workdir W build`` = ``recsys build --workdir W``).
+COMMON_OPTIONS = ((("--config",), {}), (("--workdir",), {}), (("--feature-repo",), {}),
+                  (("-v", "--verbose"), {"action": "store_true"}),
+                  (("--no-progress",), {"action": "store_true"}))
+
+
+def _commands(subparsers):
+    """Every command's parser, nested ones (``catalog count``) included."""
+    for command in subparsers.choices.values():
+        yield command
+        for action in command._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                yield from _commands(action)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="recsys", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="TOML configuration file (default: ./recsys.toml if present)")
-    parser.add_argument("--workdir", help="where artifacts, the model repository and server data go")
-    parser.add_argument("--feature-repo", help="the Feast repository (default ./feature_repo; "
-                                               "one per work directory)")
-    parser.add_argument("-v", "--verbose", action="store_true")
+    helps = {"--config": "TOML configuration file (default: ./recsys.toml if present)",
+             "--workdir": "where artifacts, the model repository and server data go",
+             "--feature-repo": "the Feast repository (default ./feature_repo; one per work directory)",
+             "-v": "more log lines (and the libraries' warnings)",
+             "--no-progress": "no progress bars (they show only on a terminal anyway)"}
+    for flags, extra in COMMON_OPTIONS:
+        parser.add_argument(*flags, help=helps[flags[0]], **extra)
     sub = parser.add_subparsers(dest="command", required=True)
 
     data = argparse.ArgumentParser(add_help=False)
@@ -108,11 +125,9 @@ def _parser() -> argparse.ArgumentParser:
     for command in (recommend, similar):
         command.add_argument("--filter", metavar="EXPRESSION", help="a filter expression (README, Filters)")
         command.add_argument("--filter-values", metavar="JSON", help="values of the filter's $PARAMETERS")
-    for command in sub.choices.values():  # the common options are also accepted after the command
-        command.add_argument("--config", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
-        command.add_argument("--workdir", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
-        command.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
-                             help=argparse.SUPPRESS)
+    for command in _commands(sub):  # the common options are also accepted after the command
+        for flags, extra in COMMON_OPTIONS:
+            command.add_argument(*flags, default=argparse.SUPPRESS, help=argparse.SUPPRESS, **extra)
     return parser
 
 
@@ -122,6 +137,8 @@ def _config(args) -> Config:
         overrides["workdir"] = args.workdir
     if args.feature_repo:
         overrides["feature_repo"] = args.feature_repo
+    if args.no_progress:
+        overrides["training"] = {"progress": False}
     if getattr(args, "dask_scheduler", None):
         overrides["dask_scheduler"] = args.dask_scheduler
     data = {}
@@ -181,6 +198,28 @@ def _serve(config: Config, reindex: bool) -> None:
         finally:
             state_path(config).unlink(missing_ok=True)
     print("stopped Milvus and Triton", flush=True)
+
+
+def _build(config: Config) -> None:
+    """train -> Feast -> export, a line per stage and a summary with the times."""
+    import time
+
+    from recsys import stack
+    from training.progress import stage
+
+    times = {}
+    for name, step, detail in (
+            ("training", stack.train, "data, workflows, tuning, models"),
+            ("feast", stack.load_features, f"feast apply + materialize-incremental in {config.feature_repo}"),
+            ("export", stack.export, f"Triton model repository {config.model_repository}")):
+        print(f"== {name}", flush=True)
+        started = time.perf_counter()
+        step(config)
+        times[name] = time.perf_counter() - started
+        if name != "training":
+            stage(name, detail, times[name])
+    print("== done: " + ", ".join(f"{name} {seconds:.0f}s" for name, seconds in times.items())
+          + f"; artifacts in {config.workdir}", flush=True)
 
 
 def _catalog(config: Config, args) -> int:
@@ -268,27 +307,54 @@ def _evaluate(config: Config, args) -> None:
     print(f"written to {config.workdir / 'evaluation' / 'metrics.json'}")
 
 
+PROJECT_LOGGERS = ("recsys", "training", "operators", "ensemble", "feature_repo", "benchmarks")
+
+
 def _quiet_libraries() -> None:
-    """Hide TensorFlow's C++ info logs and the Merlin stack's CPU-mode warnings (``-v`` shows
-    them); must run before TensorFlow is first imported."""
+    """Hide TensorFlow's C++ info logs; must run before TensorFlow is first imported."""
     import os
-    import warnings
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    warnings.filterwarnings("ignore", category=UserWarning)
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    logging.getLogger("tensorflow").setLevel(logging.ERROR)
-    logging.getLogger("absl").setLevel(logging.ERROR)
+
+
+def _route_logs(config: Config, verbose: bool) -> None:
+    """The terminal shows the project's warnings (everything from INFO with ``-v``); the
+    libraries' warnings (TensorFlow, absl, NVTabular, Feast, Python warnings) and every INFO
+    line go to ``<workdir>/logs/recsys.log`` instead."""
+    root = logging.getLogger()
+    root.setLevel(logging.INFO)
+    for handler in [h for h in root.handlers if getattr(h, "recsys", False)]:  # main() called again
+        root.removeHandler(handler)
+        handler.close()
+    console = logging.StreamHandler()
+    console.recsys = True
+    console.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    console.setLevel(logging.INFO if verbose else logging.WARNING)
+    if not verbose:
+        console.addFilter(lambda record: record.name.split(".")[0] in PROJECT_LOGGERS)
+    root.addHandler(console)
+    try:
+        path = config.workdir / "logs" / "recsys.log"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        to_file = logging.FileHandler(path)
+    except OSError:
+        return  # a read-only work directory: the terminal only
+    to_file.recsys = True
+    to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(to_file)
+    logging.captureWarnings(True)
+    for name in ("tensorflow", "absl"):  # they would also print on their own handlers
+        logging.getLogger(name).propagate = True
+        logging.getLogger(name).handlers.clear()
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not args.verbose:
         _quiet_libraries()
     try:
         config = _config(args)
+        _route_logs(config, args.verbose)
         if args.command in ("recommend", "similar"):
             return _recommend(config, args)
         if args.command == "catalog":
@@ -310,10 +376,7 @@ def main(argv: list[str] | None = None) -> int:
 
             run_demo(config, requests=args.requests)
         elif args.command == "build":
-            stack.train(config)
-            stack.load_features(config)
-            stack.export(config)
-            print(f"artifacts in {config.workdir}; model repository {config.model_repository}")
+            _build(config)
         elif args.command == "train":
             stack.train(config)
         elif args.command == "evaluate":

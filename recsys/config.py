@@ -104,6 +104,9 @@ class TrainingConfig:
     learning_rate: float = 0.003
     logits_temperature: float = 1.0
     seed: int = 7
+    # Progress bars of training epochs, tuning and index inserts, on a terminal only
+    # (`--no-progress` turns them off); the one-line summary of each stage is always printed.
+    progress: bool = True
 
 
 @dataclass

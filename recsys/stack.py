@@ -5,8 +5,6 @@ from __future__ import annotations
 import logging
 from contextlib import contextmanager
 
-import numpy as np
-import pandas as pd
 
 from recsys import featurestore
 from recsys.config import Config
@@ -30,15 +28,9 @@ def load_features(config: Config) -> None:
 
 def build_index(config: Config) -> int:
     """Load the trained item vectors into Milvus (``config.milvus.uri``)."""
-    from operators.milvus import build_item_index
+    from recsys.catalog import Catalog
 
-    artifacts = Artifacts.of(config)
-    vectors = pd.read_parquet(artifacts.item_vectors)
-    items = pd.read_parquet(artifacts.items).set_index("item_id")
-    categories = (items.reindex(vectors["item_id"])["item_category"].fillna("").to_numpy()
-                  if "item_category" in items.columns else None)
-    return build_item_index(config.milvus, vectors["item_id"].to_numpy(),
-                            np.stack(vectors["embedding"].to_numpy()).astype(np.float32), categories)
+    return Catalog(config).rebuild()
 
 
 def export(config: Config):

@@ -46,15 +46,19 @@ def write_data_files(folder: Path, n_users: int = 300, seed: int = 3) -> dict[st
     users = data.users.assign(user_id=data.users["user_id"] + USER_OFFSET)
     cold = users.head(len(COLD_USERS)).assign(user_id=COLD_USERS)
     users = pd.concat([users, cold], ignore_index=True)
+    # item_category (the feature the Milvus collection stores for filter pushdown): the
+    # first genre, so category filters are exercised on every path that writes item rows.
     items = data.items.assign(item_id=data.items["item_id"] + ITEM_OFFSET,
-                              genres=data.items["genres"].apply("|".join))
+                              genres=data.items["genres"].apply("|".join),
+                              item_category=data.items["genres"].apply(lambda g: g[0] if len(g) else "none"))
     paths = {"interactions_path": folder / "interactions.csv", "users_path": folder / "users.csv",
              "items_path": folder / "items.parquet", "schema_path": folder / "schema.json"}
     interactions.to_csv(paths["interactions_path"], index=False)
     users.to_csv(paths["users_path"], index=False)
     items.to_parquet(paths["items_path"], index=False)
     paths["schema_path"].write_text(json.dumps({"users": {"zip_prefix": "categorical", "age": "continuous"},
-                                                "items": {"genres": "list", "release_year": "categorical"}}))
+                                                "items": {"genres": "list", "release_year": "categorical",
+                                                          "item_category": "categorical"}}))
     return {key: str(value) for key, value in paths.items()}
 
 

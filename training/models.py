@@ -29,6 +29,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from recsys.config import TrainingConfig  # noqa: E402
+from training.progress import bar  # noqa: E402
 
 LOG = logging.getLogger(__name__)
 
@@ -202,7 +203,8 @@ def _save_tower(tower: "Tower", output: str, path: Path) -> None:
 
 def train_two_tower(users: dict, items: dict, pairs: tuple[np.ndarray, np.ndarray],
                     user_spec: SideSpec, item_spec: SideSpec, cfg: TrainingConfig,
-                    epochs: int, on_epoch: Callable[[int, "TwoTower"], None] | None = None) -> TwoTower:
+                    epochs: int, on_epoch: Callable[[int, "TwoTower"], None] | None = None,
+                    label: str = "two-tower") -> TwoTower:
     """Train on (user row, item row) pairs: softmax of the clicked item over the catalogue.
 
     ``users`` / ``items`` are the model inputs of every user / item (rows = codes order of
@@ -228,7 +230,8 @@ def train_two_tower(users: dict, items: dict, pairs: tuple[np.ndarray, np.ndarra
 
     rng = np.random.default_rng(cfg.seed)
     for epoch in range(epochs):
-        for rows in _batches(len(user_rows), cfg.batch_size, rng):
+        for rows in bar(_batches(len(user_rows), cfg.batch_size, rng), -(-len(user_rows) // cfg.batch_size),
+                        f"{label} epoch {epoch + 1}/{epochs}", cfg.progress):
             loss = step(_take(users, user_rows[rows]), tf.constant(item_rows[rows]))
         LOG.info("two-tower epoch %d loss %.4f", epoch + 1, float(loss))
         if on_epoch is not None and on_epoch(epoch + 1, model) is False:
@@ -268,7 +271,7 @@ class Ranker:
 def train_dlrm(users: dict, items: dict, pairs: tuple[np.ndarray, np.ndarray], user_spec: SideSpec,
                item_spec: SideSpec, negatives: Callable[[np.ndarray, np.random.Generator], np.ndarray],
                cfg: TrainingConfig, epochs: int,
-               on_epoch: Callable[[int, Ranker], None] | None = None) -> Ranker:
+               on_epoch: Callable[[int, Ranker], None] | None = None, label: str = "ranker") -> Ranker:
     """Train the ranker listwise: each clicked (user row, item row) pair against the item rows
     ``negatives(user_rows, rng)`` returns (``[n, negatives]``), softmax cross-entropy with the
     clicked item at position 0."""
@@ -292,7 +295,8 @@ def train_dlrm(users: dict, items: dict, pairs: tuple[np.ndarray, np.ndarray], u
     item_ids = items[item_spec.id_column]
     batch_size = max(cfg.batch_size // 8, 32)
     for epoch in range(epochs):
-        for rows in _batches(len(user_rows), batch_size, rng):
+        for rows in bar(_batches(len(user_rows), batch_size, rng), -(-len(user_rows) // batch_size),
+                        f"{label} epoch {epoch + 1}/{epochs}", cfg.progress):
             candidates = np.concatenate([item_rows[rows, None], negatives(user_rows[rows], rng)], 1)
             batch = {name: tf.constant(_without(values[user_rows[rows]], item_ids[item_rows[rows]],
                                                 cfg.history_dropout, rng)

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from recsys.config import Config
-from training import features, sources
+from training import features, progress, sources
 from training import workflows as wf
 from training.dataset import InteractionData
 from training.features import HISTORY, Features
@@ -146,6 +146,9 @@ def run(config: Config, top_popular: int = 1000) -> Artifacts:
     out.features.write_text(json.dumps({"user": user_features.to_dict(), "item": item_features.to_dict()}))
     write_feast_source(config, users, items, user_features, item_features)
     timings["data_s"] = time.perf_counter() - started
+    progress.stage("data", f"{len(data.interactions):,} interactions, {len(users):,} users, {len(items):,} items; "
+                           f"{len(train):,} to train on, {len(test):,} held out ({resolve_split(config)} split)",
+                   timings["data_s"])
 
     started = time.perf_counter()
     with wf.dask_cluster(config.dask_scheduler):  # NVTabular fit and transforms on Dask, if given
@@ -154,10 +157,13 @@ def run(config: Config, top_popular: int = 1000) -> Artifacts:
         wf.write_id_mapping(workflows["item"], items, "item_id", out.item_id_map)
         specs = model_specs(workflows)
         timings["workflows_s"] = time.perf_counter() - started
+        progress.stage("workflows", "NVTabular user and item workflows fitted", timings["workflows_s"])
 
         started = time.perf_counter()
         choice = tuning.tune(config, data, train, workflows, specs, resolve_split(config))
         timings["tuning_s"] = time.perf_counter() - started
+        progress.stage("tuning", f"validation chose {choice.tower_epochs} two-tower and {choice.ranker_epochs} "
+                                 f"ranker epochs, retrieval weight {choice.retrieval_weight}", timings["tuning_s"])
 
         started = time.perf_counter()
         tables = Tables.build(data, train, workflows, specs, max_history, users, items)
@@ -171,6 +177,8 @@ def run(config: Config, top_popular: int = 1000) -> Artifacts:
     out.ordering.write_text(json.dumps({"retrieval_weight": choice.retrieval_weight,
                                         "max_history": max_history}))
     timings["models_s"] = time.perf_counter() - started
+    progress.stage("models", f"two-tower ({vectors.shape[1]}-d item vectors) and ranker trained and saved",
+                   timings["models_s"])
 
     report = {
         "interactions": int(len(data.interactions)), "users": int(len(users)), "items": int(len(items)),

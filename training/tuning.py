@@ -107,7 +107,7 @@ def tune(config: Config, data, train: pd.DataFrame, workflows: dict, specs: dict
         return len(tower_curve) - int(np.argmax(tower_curve)) <= cfg.patience
 
     train_two_tower(_user_inputs(tables, specs["tower"]), tables.item_inputs, tables.pairs, specs["tower"],
-                    specs["item"], cfg, cfg.retrieval_epochs, after_tower_epoch)
+                    specs["item"], cfg, cfg.retrieval_epochs, after_tower_epoch, label="validation two-tower")
     candidates, retrieval_scores = top_candidates(*best["tower"], seen, k)
     ranker_curve: list[list[float]] = []
 
@@ -125,7 +125,7 @@ def tune(config: Config, data, train: pd.DataFrame, workflows: dict, specs: dict
 
     train_dlrm(_user_inputs(tables, specs["ranker"]), tables.item_inputs, tables.pairs, specs["ranker"],
                specs["item"], hard_negatives(candidates, len(tables.items), cfg), cfg, cfg.ranking_epochs,
-               after_ranker_epoch)
+               after_ranker_epoch, label="validation ranker")
     curve = np.array(ranker_curve)
     epoch, weight = np.unravel_index(int(np.argmax(curve)), curve.shape)
     choice = Choice(int(np.argmax(tower_curve)) + 1, int(epoch) + 1, float(WEIGHTS[weight]),

@@ -98,3 +98,63 @@ def test_rebuild_and_switch_while_serving_loses_no_request(serving_stack, catalo
     client = connect(config.milvus, 30)
     assert old not in client.list_collections()
     client.close()
+
+
+def _milvus_categories(config, ids) -> dict[int, str]:
+    from operators.milvus import CATEGORY_FIELD, ID_FIELD, connect
+
+    client = connect(config.milvus, 30)
+    rows = client.query(config.milvus.collection, filter=f"{ID_FIELD} in {[int(i) for i in ids]}",
+                        output_fields=[ID_FIELD, CATEGORY_FIELD], consistency_level="Strong")
+    client.close()
+    return {int(r[ID_FIELD]): r[CATEGORY_FIELD] for r in rows}
+
+
+def test_item_categories_survive_build_rebuild_and_upsert(serving_stack, clients, catalogue):
+    """The category stored with each item in Milvus (what a category filter pushed into the
+    search matches) is the item's category after the build, a rebuild and an upsert; a
+    category filter gives the same answers, from retrieval, not popular fill."""
+    config, _, _ = serving_stack
+    items = pd.read_parquet(Artifacts.of(config).items).set_index("item_id")
+    expected = items["item_category"].astype(str).to_dict()
+    users, _, _ = catalogue
+    users = users[:6].tolist()
+    category = items["item_category"].value_counts().index[0]
+    within = {"filter": "INCLUDE ItemID WHERE Items.item_category IN ($C)",
+              "filter_values": {"C": [category]}}
+
+    def answers():
+        answer = clients["grpc"].recommend(users, **within)
+        return answer["item_ids"].tolist(), answer["filled"].tolist()
+
+    assert _milvus_categories(config, list(expected)) == expected  # after the build
+    before, filled = answers()
+    assert all(items.loc[i, "item_category"] == category for row in before for i in row if i != -1)
+    assert max(filled) < config.serving.top_k  # retrieval found items of that category
+
+    catalog = Catalog(config)
+    catalog.rebuild()
+    assert _milvus_categories(config, list(expected)) == expected
+    assert answers() == (before, filled)
+
+    new = _new_item(config)
+    new["item_category"] = "Upserted-Category"
+    catalog.upsert(new)
+    new_id = int(new["item_id"][0])
+    assert _milvus_categories(config, [new_id]) == {new_id: "Upserted-Category"}
+    old_id = int(items.index[0])
+    changed = pd.read_parquet(Artifacts.of(config).items).query("item_id == @old_id").drop(
+        columns=["item_interactions"]).reset_index(drop=True)
+    changed["item_category"] = "Upserted-Category"
+    try:
+        catalog.upsert(changed)  # an existing item moved to another category
+        assert _milvus_categories(config, [old_id]) == {old_id: "Upserted-Category"}
+        answer = clients["grpc"].similar([old_id], "similar_items",
+                                         filter="INCLUDE ItemID WHERE Items.item_category IN ($C)",
+                                         filter_values={"C": ["Upserted-Category"]})
+        assert new_id in answer["item_ids"][0].tolist()  # pushed down: found by the search
+    finally:
+        catalog.delete([new_id])
+        restored = changed.assign(item_category=items.loc[old_id, "item_category"])
+        catalog.upsert(restored)
+    assert _milvus_categories(config, [old_id]) == {old_id: expected[old_id]}

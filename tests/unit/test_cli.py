@@ -35,3 +35,24 @@ def test_dask_scheduler_option_reaches_the_configuration(command, monkeypatch, t
     assert _config(args).dask_scheduler == "tcp://10.0.0.5:8786"
     monkeypatch.setenv("RECSYS_DASK_SCHEDULER", "tcp://10.0.0.6:8786")
     assert _config(_parser().parse_args(command)).dask_scheduler == "tcp://10.0.0.6:8786"
+
+
+COMMANDS = [["demo"], ["build"], ["train"], ["evaluate"], ["features"], ["index"], ["export"], ["serve"],
+            ["status"], ["batch"], ["recommend", "1"], ["similar", "1"], ["catalog", "count"],
+            ["catalog", "rebuild"]]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
+@pytest.mark.parametrize("before", [True, False], ids=["before", "after"])
+def test_every_common_option_works_before_and_after_the_command(command, before, monkeypatch, tmp_path):
+    from recsys.cli import _config, _parser
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "my.toml").write_text('[serving]\ntop_k = 7\n')
+    common = ["--config", str(tmp_path / "my.toml"), "--workdir", str(tmp_path / "w"),
+              "--feature-repo", str(tmp_path / "repo"), "-v", "--no-progress"]
+    args = _parser().parse_args(common + command if before else command + common)
+    config = _config(args)
+    assert config.serving.top_k == 7
+    assert config.workdir == tmp_path / "w" and config.feature_repo == tmp_path / "repo"
+    assert args.verbose is True and config.training.progress is False
