@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import threading
 import time
 import uuid
 
@@ -294,6 +295,8 @@ class QueryMilvus(BaseOperator):
         self.request_filter = None  # set by the runner for one request (operators.filters)
         self._client = None
         self._cfg: MilvusConfig | None = None
+        self._warming = None  # the background warm-up after a reconnect
+        self.warm_ups = 0  # background warm-ups completed
 
     def load_artifacts(self, artifact_path: str | None = None) -> None:
         if artifact_path:  # Merlin also calls this with "" while building a graph
@@ -325,12 +328,39 @@ class QueryMilvus(BaseOperator):
                                     f"{self._cfg.collection!r}: {_brief(exc)}") from exc
         return client
 
+    def _warm_up_in_background(self) -> threading.Thread:
+        """After a reconnect (Milvus restarted: its collection was loaded again), spend the
+        first large search of the collection (:func:`warm_up_search`) on a client of its own in
+        a thread, so no request waits for it or fails because of it; a failure is only logged."""
+        cfg, top_k = self._cfg, self.top_k
+
+        def warm_up():
+            try:
+                client = connect(cfg, cfg.timeout_s)
+                try:
+                    timeout = rpc_timeout(max(cfg.timeout_s, 30.0))
+                    vectors = sample_vectors(client, cfg.collection, WARM_UP_QUERIES, timeout)
+                    if len(vectors):
+                        warm_up_search(client, cfg.collection, vectors, top_k, search_params(cfg, top_k), timeout)
+                    self.warm_ups += 1
+                finally:
+                    client.close()
+            except Exception as exc:  # noqa: BLE001 - a warm-up never fails anything
+                LOG.warning("Milvus warm-up after reconnecting failed (requests are not affected): %s",
+                            _brief(exc))
+
+        thread = threading.Thread(target=warm_up, name="milvus-warm-up", daemon=True)
+        thread.start()
+        self._warming = thread
+        return thread
+
     def __getstate__(self) -> dict:
         # Clients, models and workflows are artifacts: loaded at model start, never pickled.
-        return {**self.__dict__, "_client": None, "_cfg": None, "request_filter": None}
+        return {**self.__dict__, "_client": None, "_cfg": None, "request_filter": None, "_warming": None}
 
     def __setstate__(self, state: dict) -> None:
-        self.__dict__.update({"category_feature": None, "request_filter": None, **state})
+        self.__dict__.update({"category_feature": None, "request_filter": None, "warm_ups": 0,
+                              "_warming": None, **state})
 
     def _filter_expression(self) -> str:
         """The Milvus search expression of the request's filter ("" when none or nothing of
@@ -387,6 +417,7 @@ class QueryMilvus(BaseOperator):
         try:
             if self._client is None:
                 self._client = self._connect(cfg.timeout_s)
+                self._warm_up_in_background()
             expression = self._filter_expression()
             return search_arrays(self._client, cfg.collection, vectors, limit, search_params(cfg, limit),
                                  expression, rpc_timeout(cfg.timeout_s))
@@ -444,6 +475,7 @@ class SimilarItems(QueryMilvus):
         try:
             if self._client is None:
                 self._client = self._connect(cfg.timeout_s)
+                self._warm_up_in_background()
             rows = []
             for start in range(0, len(ids), 1000):
                 rows += self._client.query(cfg.collection, filter=f"{ID_FIELD} in {ids[start:start + 1000]}",

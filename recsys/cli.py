@@ -317,6 +317,23 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
+class _LogFile(logging.FileHandler):
+    """The log file, made at its first line only (a command that fails on its input leaves no
+    work directory behind); a directory that cannot be written drops the lines."""
+
+    def __init__(self, path):
+        super().__init__(path, delay=True)
+
+    def _open(self):
+        import os
+
+        os.makedirs(os.path.dirname(self.baseFilename), exist_ok=True)
+        return super()._open()
+
+    def handleError(self, record):  # noqa: N802 - logging's name
+        pass
+
+
 def _route_logs(config: Config, verbose: bool) -> None:
     """The terminal shows the project's warnings (everything from INFO with ``-v``); the
     libraries' warnings (TensorFlow, absl, NVTabular, Feast, Python warnings) and every INFO
@@ -333,12 +350,7 @@ def _route_logs(config: Config, verbose: bool) -> None:
     if not verbose:
         console.addFilter(lambda record: record.name.split(".")[0] in PROJECT_LOGGERS)
     root.addHandler(console)
-    try:
-        path = config.workdir / "logs" / "recsys.log"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        to_file = logging.FileHandler(path)
-    except OSError:
-        return  # a read-only work directory: the terminal only
+    to_file = _LogFile(config.workdir / "logs" / "recsys.log")
     to_file.recsys = True
     to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root.addHandler(to_file)

@@ -301,3 +301,43 @@ def test_query_milvus_caps_search_limit_at_the_index_types_limit():
     ids = out["candidate_ids"].values
     assert not set(ids[0].tolist()) & set(range(1000, 1900)) and (ids >= 0).all()
     assert set(ids[0].tolist()) >= set(range(5000, 5100)) - set(range(1000, 1900))  # filled
+
+
+def test_after_a_reconnect_milvus_is_warmed_up_in_the_background_never_failing_a_request(monkeypatch, caplog):
+    import threading
+
+    from operators import milvus
+    from recsys.config import MilvusConfig
+
+    class Client:
+        def load_collection(self, *args, **kwargs):
+            pass
+
+        def close(self):
+            pass
+
+    release, warmed = threading.Event(), []
+    monkeypatch.setattr(milvus, "connect", lambda cfg, timeout_s=None: Client())
+    monkeypatch.setattr(milvus, "search_arrays", lambda *args: [(np.array([1]), np.array([0.5]))])
+    monkeypatch.setattr(milvus, "sample_vectors", lambda *args: np.ones((3, 4), dtype=np.float32))
+    monkeypatch.setattr(milvus, "warm_up_search", lambda client, collection, vectors, *rest:
+                        (release.wait(10), warmed.append(len(vectors))))
+    op = milvus.QueryMilvus(top_k=1)
+    op._cfg = MilvusConfig()
+    assert op._client is None  # as after a failed search: the next request reconnects
+    hits = op._search(np.zeros((1, 4), dtype=np.float32), 1)
+    assert len(hits) == 1 and warmed == [] and op._warming.is_alive()  # the request did not wait
+    release.set()
+    op._warming.join(10)
+    assert warmed == [3] and op.warm_ups == 1
+    assert len(op._search(np.zeros((1, 4), dtype=np.float32), 1)) == 1  # connected: no second warm-up
+    assert op.warm_ups == 1 and not op._warming.is_alive()
+
+    def broken(*args):
+        raise RuntimeError("collection not loaded yet")
+
+    monkeypatch.setattr(milvus, "sample_vectors", broken)
+    op._client = None
+    assert len(op._search(np.zeros((1, 4), dtype=np.float32), 1)) == 1
+    op._warming.join(10)
+    assert op.warm_ups == 1 and "warm-up after reconnecting failed" in caplog.text
