@@ -435,3 +435,19 @@ def test_constraints_keep_the_image_versions_and_pin_the_rest(tmp_path):
                              str(tmp_path / "lock.txt"), "--requirements", str(DOCKER / "requirements.serving.txt")],
                             capture_output=True, text=True, check=True)
     assert "tomli==" not in result.stdout and "numpy==1.22.4" in result.stdout
+
+
+def test_a_crashed_triton_is_restarted_by_compose_and_kubernetes():
+    """One request can abort tritonserver (README, Security): the deployments restart it, and
+    Kubernetes keeps other replicas serving meanwhile."""
+    assert compose_config()["services"]["triton"]["restart"] in ("always", "unless-stopped")
+    assert "ENTRYPOINT" in DOCKERFILE.read_text() and '["tritonserver"]' in DOCKERFILE.read_text()  # PID 1
+    deployment = yaml.safe_load((K8S / "triton-deployment.yaml").read_text())
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod.get("restartPolicy", "Always") == "Always"
+    container = pod["containers"][0]
+    assert container["livenessProbe"]["failureThreshold"] * container["livenessProbe"]["periodSeconds"] <= 120
+    hpa = yaml.safe_load((K8S / "triton-hpa.yaml").read_text())
+    pdb = yaml.safe_load((K8S / "triton-pdb.yaml").read_text())
+    assert hpa["spec"]["minReplicas"] >= 2 and deployment["spec"].get("replicas", 1) >= 2
+    assert pdb["spec"]["minAvailable"] >= 1
