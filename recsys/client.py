@@ -33,11 +33,14 @@ class RecommenderClient:
     or several of them (a list, or comma-separated): replicas serving the same model
     repository, used in round robin. A replica that cannot be reached is skipped (the request
     goes to the next one) and rested for ``rest_s`` seconds; an error the model answers with is
-    not retried elsewhere (every replica would give it). One client per thread.
+    not retried elsewhere (every replica would give it). When no endpoint accepts the
+    connection at all (a restart), the request is sent again for up to ``wait_s`` seconds; a
+    request that reached a server and lost its connection is never sent again (it may be what
+    stopped the server). One client per thread.
     """
 
     def __init__(self, url: str | Sequence[str], protocol: str = "http", model_name: str = "recommender",
-                 timeout_s: float = 30.0, rest_s: float = 5.0):
+                 timeout_s: float = 30.0, rest_s: float = 5.0, wait_s: float = 0.0):
         if protocol not in ("http", "grpc"):
             raise ValueError("protocol must be 'http' or 'grpc'")
         self.endpoints = _endpoints(url)
@@ -45,6 +48,7 @@ class RecommenderClient:
         self.model_name = model_name
         self.timeout_s = timeout_s
         self.rest_s = rest_s
+        self.wait_s = wait_s
         if protocol == "http":
             import tritonclient.http as module
 
@@ -86,8 +90,6 @@ class RecommenderClient:
 
     def _infer(self, model: str, input_name: str, ids, outputs, dtype: str = "INT64",
                text_inputs: dict[str, str] | None = None) -> dict:
-        from tritonclient.utils import InferenceServerException
-
         values = np.asarray(ids)
         if dtype == "INT64":
             values = values.astype(np.int64)
@@ -99,7 +101,21 @@ class RecommenderClient:
             extra.set_data_from_numpy(np.array([text.encode("utf-8")], dtype=np.object_))
             tensors.append(extra)
         requested = [self._module.InferRequestedOutput(name) for name in outputs]
-        unreachable = []
+        deadline = time.monotonic() + self.wait_s
+        while True:
+            answer, unreachable, never_sent = self._try_endpoints(model, tensors, requested, outputs)
+            if answer is not None:
+                return answer
+            if not never_sent or time.monotonic() >= deadline:
+                raise TritonUnreachable(f"no Triton endpoint answered ({self.protocol}): " + "; ".join(unreachable))
+            time.sleep(0.2)  # every endpoint refused the connection: it may be restarting
+
+    def _try_endpoints(self, model, tensors, requested, outputs):
+        """One round over the endpoints: ``(answer, [], _)`` from the first that answers, else
+        ``(None, what each said, whether no endpoint got the request at all)``."""
+        from tritonclient.utils import InferenceServerException
+
+        unreachable, never_sent = [], True
         for index in self._rotation():
             client = self._clients[index]
             try:
@@ -115,10 +131,11 @@ class RecommenderClient:
                     self._clients[index].close()
                     self._clients[index] = self._connect(self._module, self.endpoints[index])
                 unreachable.append(f"{self.endpoints[index]}: {_describe(exc)}")
+                never_sent = never_sent and _never_sent(exc)
                 continue
             self.answered[index] += 1
-            return {name: result.as_numpy(name) for name in outputs}
-        raise TritonUnreachable(f"no Triton endpoint answered ({self.protocol}): " + "; ".join(unreachable))
+            return {name: result.as_numpy(name) for name in outputs}, [], False
+        return None, unreachable, never_sent
 
     @staticmethod
     def _connect(module, endpoint: str):
@@ -185,6 +202,14 @@ def _unreachable(exc: Exception) -> bool:
     # tritonclient.grpc: UNAVAILABLE is also what the model answers when Milvus or Feast is
     # down (its message says so); that replica is up and every other would answer the same.
     return str(exc.status()) == "StatusCode.UNAVAILABLE" and DEPENDENCY_PREFIX not in str(exc.message())
+
+
+def _never_sent(exc: Exception) -> bool:
+    """The connection was refused: the request cannot have reached a server."""
+    if isinstance(exc, ConnectionRefusedError):
+        return True
+    text = str(exc.message() if hasattr(exc, "message") and callable(exc.message) else exc).lower()
+    return not isinstance(exc, OSError) and ("connection refused" in text or "failed to connect" in text)
 
 
 def _describe(exc: Exception) -> str:

@@ -5,8 +5,8 @@ Against a real ``recsys serve`` (Milvus, Triton, the HTTP guard, the supervisor)
   the public HTTP port and Triton keeps its process;
 - sent to Triton's private HTTP port (any crash of Triton stands in for one the guard does not
   know), Triton aborts; the supervisor restarts it, Milvus keeps running, the service answers
-  again within RECOVERY_BOUND_S, HTTP clients through the guard lose only what was in flight at
-  the crash, and ``recsys status`` reports the restart with its exit status.
+  again within RECOVERY_BOUND_S, HTTP clients (through the guard) and gRPC clients (the client
+  sends a refused request again) lose only what was in flight at the crash, and ``recsys status`` reports the restart with its exit status.
 """
 from __future__ import annotations
 
@@ -89,7 +89,9 @@ def test_a_crashed_triton_is_restarted_and_no_request_is_lost_beyond_those_in_fl
     outcomes: list[tuple[float, float, str]] = []  # (sent, answered, "ok" | error)
 
     def caller(protocol: str, port: int) -> None:
-        client = RecommenderClient(f"127.0.0.1:{port}", protocol, timeout_s=240)
+        # HTTP: the guard holds requests while Triton restarts; gRPC: the client sends a
+        # refused request again (wait_s).
+        client = RecommenderClient(f"127.0.0.1:{port}", protocol, timeout_s=240, wait_s=240)
         while not stop.is_set():
             sent = time.monotonic()
             try:
@@ -132,13 +134,10 @@ def test_a_crashed_triton_is_restarted_and_no_request_is_lost_beyond_those_in_fl
     assert len(lost) <= 3, lost
     assert all(s <= crash + 0.5 and "closed the connection during the request" in o for s, _, o in lost), lost
     assert sum(o[2] == "http ok" for o in http if o[0] > crash) > 0
-    grpc_failures = [o for o in outcomes if o[2].startswith("grpc") and o[2] != "grpc ok"]
-    # gRPC callers fail while Triton is down (no front holds them) and reconnect within the
-    # client's capped backoff (2 s) once it is back.
-    first_grpc = min((s for s, _, o in outcomes if s > crash + 1 and o == "grpc ok"), default=None)
-    timeline = [(round(s - crash, 2), round(a - crash, 2), o[:60]) for s, a, o in grpc_failures[-3:]]
-    assert all(o[0] < recovered + 3 for o in grpc_failures), (round(recovered - crash, 2),
-                                                               first_grpc and round(first_grpc - crash, 2), timeline)
+    grpc = [o for o in outcomes if o[2].startswith("grpc")]
+    grpc_lost = [o for o in grpc if o[2] != "grpc ok"]
+    assert len(grpc_lost) <= 1 and all(s <= crash + 0.5 for s, _, _ in grpc_lost), grpc_lost
+    assert sum(o[2] == "grpc ok" for o in grpc if o[0] > crash) > 0
 
     state = _status(run.config_path)
     triton, = [c for c in state["checks"] if c["component"] == "serve" and c["name"].startswith("tritonserver")]

@@ -85,3 +85,41 @@ def test_every_replica_unreachable_names_each():
         client.recommend([1])
     with pytest.raises(ValueError, match="no Triton endpoint"):
         RecommenderClient(" , ", "http")
+
+
+class _Flaky(_Replica):
+    """Refuses the connection ``times`` times, then answers."""
+
+    def __init__(self, endpoint, failure, times):
+        super().__init__(endpoint, failure)
+        self.times = times
+
+    def infer(self, *args, **kwargs):
+        self.calls += 1
+        if self.calls <= self.times:
+            raise self.failure
+        return _Result(self.endpoint)
+
+
+@pytest.mark.parametrize("protocol, refused", [
+    ("http", ConnectionRefusedError(111, "Connection refused")),
+    ("grpc", InferenceServerException("failed to connect to all addresses; last error: UNKNOWN: "
+                                      "Connection refused (111)", status="StatusCode.UNAVAILABLE")),
+])
+def test_a_refused_request_is_sent_again_within_the_wait_and_a_lost_one_never(protocol, refused):
+    server = _Flaky("a:1", refused, 3)
+    client = _client(protocol, server)
+    client.wait_s = 10
+    assert _answered_by(client) == "a:1" and server.calls == 4  # held until the server was back
+    lost = (ConnectionResetError(104, "reset") if protocol == "http" else
+            InferenceServerException("Socket closed", status="StatusCode.UNAVAILABLE"))
+    server = _Flaky("a:1", lost, 3)
+    client = _client(protocol, server)
+    client.wait_s = 10
+    with pytest.raises(TritonUnreachable):
+        client.recommend([1])
+    assert server.calls == 1  # it reached the server: never sent again
+    client = _client(protocol, _Flaky("a:1", refused, 1000))
+    client.wait_s = 0.5
+    with pytest.raises(TritonUnreachable, match="refused"):
+        client.recommend([1])
