@@ -76,8 +76,10 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--port-offset", type=int, default=0,
                       help="add to every server port (to run beside another stack)")
 
-    sub.add_parser("build", parents=[data, dask], help="train, apply + materialize Feast, export")
-    sub.add_parser("train", parents=[data, dask], help="the offline job: data, workflows, models")
+    sub.add_parser("build", parents=[data, dask], help="train on every interaction (a production build), "
+                                                      "apply + materialize Feast, export")
+    sub.add_parser("train", parents=[data, dask], help="the offline job on every interaction: data, "
+                                                      "workflows, models")
     evaluate = sub.add_parser("evaluate", parents=[data, dask],
                               help="train, Feast, index; metrics of popularity, Two-Tower (exact, "
                                    "Milvus) and the served cascade")
@@ -209,7 +211,7 @@ def _build(config: Config) -> None:
 
     times = {}
     for name, step, detail in (
-            ("training", stack.train, "data, workflows, tuning, models"),
+            ("training", lambda c: stack.train(c, production=True), "data, workflows, tuning, models"),
             ("feast", stack.load_features, f"feast apply + materialize-incremental in {config.feature_repo}"),
             ("export", stack.export, f"Triton model repository {config.model_repository}")):
         print(f"== {name}", flush=True)
@@ -390,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "build":
             _build(config)
         elif args.command == "train":
-            stack.train(config)
+            stack.train(config, production=True)
         elif args.command == "evaluate":
             _evaluate(config, args)
         elif args.command == "features":

@@ -127,6 +127,9 @@ def evaluate(config: Config, ks=(10, 50), systems=SYSTEMS, max_users: int | None
     artifacts = Artifacts.of(config)
     train = pd.read_parquet(artifacts.train_interactions)
     test = pd.read_parquet(artifacts.test_interactions)
+    if test.empty:
+        raise ValueError(f"nothing was held out in {config.workdir} (a production build trains on every "
+                         f"interaction): run `recsys evaluate` without --no-train, or give --test-interactions")
     user_ids = np.sort(test["user_id"].unique())
     if max_users and len(user_ids) > max_users:
         user_ids = np.sort(np.random.default_rng(0).choice(user_ids, size=max_users, replace=False))

@@ -14,11 +14,12 @@ from training.pipeline import Artifacts
 LOG = logging.getLogger(__name__)
 
 
-def train(config: Config) -> Artifacts:
-    """The offline job (data, workflows, models)."""
+def train(config: Config, production: bool = False) -> Artifacts:
+    """The offline job (data, workflows, models); ``production``: on every interaction, nothing
+    held out (:func:`training.pipeline.run`)."""
     from training import pipeline
 
-    return pipeline.run(config)
+    return pipeline.run(config, production=production)
 
 
 def load_features(config: Config) -> None:

@@ -195,6 +195,12 @@ retrieval_k = {trained_config.serving.retrieval_k}
 
 
 @pytest.fixture(scope="session")
+def config_factory():
+    """:func:`make_config`, for test modules that need a configuration of their own."""
+    return make_config
+
+
+@pytest.fixture(scope="session")
 def serve_command():
     """:func:`recsys_serve`, for test modules (they cannot import this conftest)."""
     return recsys_serve

@@ -106,10 +106,14 @@ def _merged(specs):
                                lists={**tower.lists, **ranker.lists})
 
 
-def load_data(config: Config) -> tuple[InteractionData, pd.DataFrame, pd.DataFrame]:
-    """The data set and its (train, test) split (or the given held-out file as test)."""
+def load_data(config: Config, production: bool = False) -> tuple[InteractionData, pd.DataFrame, pd.DataFrame]:
+    """The data set and its (train, test) split (or the given held-out file as test). In a
+    ``production`` build nothing of the data is held out: train is every interaction (test is
+    empty, or the given held-out file)."""
     data = sources.load(config.data)
     LOG.info("data set:\n%s", data.summary())
+    if production and not config.data.test_interactions_path:
+        return data, data.interactions, data.interactions.iloc[:0]
     if config.data.test_interactions_path:
         from training.dataset import load_files
 
@@ -120,12 +124,19 @@ def load_data(config: Config) -> tuple[InteractionData, pd.DataFrame, pd.DataFra
     return data, train, test
 
 
-def run(config: Config, top_popular: int = 1000) -> Artifacts:
-    """Run the whole offline job and return where its artifacts are."""
+def run(config: Config, top_popular: int = 1000, production: bool = False) -> Artifacts:
+    """Run the whole offline job and return where its artifacts are.
+
+    ``production`` (``recsys build`` / ``train``): what is served is built from every
+    interaction given - epochs and the blend weight are still chosen on a validation split
+    (of all the data), then the models, the users' ``history`` (what serving excludes), the
+    counts and the popular list come from all of it. Otherwise (``recsys evaluate``, tests) a
+    test split is held out of everything, for the offline metrics."""
     from training import tuning
 
     started = time.perf_counter()
-    data, train, test = load_data(config)  # malformed input stops here, before anything is written
+    # malformed input stops here, before anything is written
+    data, train, test = load_data(config, production)
     check_feature_repo_owner(config)
     ensure_feature_repo(config)
     out = Artifacts.of(config)
@@ -146,9 +157,10 @@ def run(config: Config, top_popular: int = 1000) -> Artifacts:
     out.features.write_text(json.dumps({"user": user_features.to_dict(), "item": item_features.to_dict()}))
     write_feast_source(config, users, items, user_features, item_features)
     timings["data_s"] = time.perf_counter() - started
+    held = (f"all {len(train):,} to train on (production build: nothing held out)" if production
+            else f"{len(train):,} to train on, {len(test):,} held out ({resolve_split(config)} split)")
     progress.stage("data", f"{len(data.interactions):,} interactions, {len(users):,} users, {len(items):,} items; "
-                           f"{len(train):,} to train on, {len(test):,} held out ({resolve_split(config)} split)",
-                   timings["data_s"])
+                           f"{held}", timings["data_s"])
 
     started = time.perf_counter()
     with wf.dask_cluster(config.dask_scheduler):  # NVTabular fit and transforms on Dask, if given
@@ -162,8 +174,11 @@ def run(config: Config, top_popular: int = 1000) -> Artifacts:
         started = time.perf_counter()
         choice = tuning.tune(config, data, train, workflows, specs, resolve_split(config))
         timings["tuning_s"] = time.perf_counter() - started
+        curve = choice.curves.get("ranker_ndcg@10_by_weight") if choice.curves else None
+        figure = f"; validation NDCG@10 {max(max(row) for row in curve):.4f} (selection run)" if curve else ""
         progress.stage("tuning", f"validation chose {choice.tower_epochs} two-tower and {choice.ranker_epochs} "
-                                 f"ranker epochs, retrieval weight {choice.retrieval_weight}", timings["tuning_s"])
+                                 f"ranker epochs, retrieval weight {choice.retrieval_weight}{figure}",
+                       timings["tuning_s"])
 
         started = time.perf_counter()
         tables = Tables.build(data, train, workflows, specs, max_history, users, items)
@@ -183,7 +198,8 @@ def run(config: Config, top_popular: int = 1000) -> Artifacts:
     report = {
         "interactions": int(len(data.interactions)), "users": int(len(users)), "items": int(len(items)),
         "train_interactions": int(len(train)), "test_interactions": int(len(test)),
-        "split": resolve_split(config), "embedding_dim": int(vectors.shape[1]),
+        "split": "none (production build)" if production else resolve_split(config),
+        "production": production, "embedding_dim": int(vectors.shape[1]),
         "tuning": dataclasses.asdict(choice), "timings": timings,
     }
     out.report.write_text(json.dumps(report, indent=2))

@@ -56,3 +56,16 @@ def test_every_common_option_works_before_and_after_the_command(command, before,
     assert config.serving.top_k == 7
     assert config.workdir == tmp_path / "w" and config.feature_repo == tmp_path / "repo"
     assert args.verbose is True and config.training.progress is False
+
+
+@pytest.mark.parametrize("command", ["build", "train"])
+def test_build_and_train_are_production_builds(command, monkeypatch, tmp_path, capsys):
+    from recsys import stack
+
+    calls = []
+    monkeypatch.setattr(stack, "train", lambda config, production=False: calls.append(production))
+    monkeypatch.setattr(stack, "load_features", lambda config: None)
+    monkeypatch.setattr(stack, "export", lambda config: None)
+    monkeypatch.chdir(tmp_path)
+    assert main([command, "--workdir", str(tmp_path / "w")]) == 0
+    assert calls == [True]
