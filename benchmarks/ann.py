@@ -34,8 +34,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from operators.milvus import aliased_collection, build_item_index, connect, search_arrays
-from recsys.config import load_config
+from vector_index.client import connect, search_arrays
+from vector_index.collections import aliased_collection, build_item_index
+from core.config import load_config
 from recsys.servers import MilvusProcess, free_port, running
 
 
@@ -103,7 +104,7 @@ def scenarios(args) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         return {f"synthetic-{args.synthetic}": (clustered_vectors(args.synthetic, rng, centres, args.noise),
                                                 clustered_vectors(args.nq, rng, centres, args.noise))}
     from recsys.evaluation import user_vectors as tower_vectors
-    from training.pipeline import Artifacts
+    from core.artifacts import Artifacts
 
     artifacts = Artifacts(Path(args.workdir))
     items = np.stack(pd.read_parquet(artifacts.item_vectors)["embedding"].to_numpy()).astype(np.float32)

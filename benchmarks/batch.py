@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from recsys.config import PROJECT_ROOT, load_config
+from core.config import PROJECT_ROOT, load_config
 from recsys.servers import free_port
 
 
@@ -79,7 +79,7 @@ def main() -> None:
 
     from recsys import stack
     from recsys.batch import BatchOptions, run_batch, training_users
-    from training.pipeline import Artifacts
+    from core.artifacts import Artifacts
 
     workdir = Path(args.workdir).resolve()
     config = bench_config(workdir, args.items, args.sessions, free_port())

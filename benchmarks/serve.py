@@ -25,10 +25,10 @@ import pandas as pd
 
 from recsys import stack
 from recsys.client import RecommenderClient
-from recsys.config import load_config
+from core.config import load_config
 from recsys.demo import stage_seconds
 from recsys.servers import TritonProcess, free_port, running
-from training.pipeline import Artifacts
+from core.artifacts import Artifacts
 
 
 class PeakMemory:

@@ -115,9 +115,9 @@ def render(report: dict) -> str:
 
 def main(argv=None) -> int:
     from recsys import stack
-    from recsys.config import load_config
+    from core.config import load_config
     from recsys.servers import free_port
-    from training.pipeline import Artifacts
+    from core.artifacts import Artifacts
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", default="artifacts")

@@ -34,8 +34,8 @@ from merlin.dag import BaseOperator, ColumnSelector, DataFormats
 from merlin.schema import ColumnSchema, Schema
 from merlin.table import TensorTable
 
-from recsys.config import Config
-from training.pipeline import Artifacts
+from core.config import Config
+from core.artifacts import Artifacts
 
 STOCK_MODEL_NAME = "stock_recommender"
 _FEAST_DTYPES = {"string": (np.dtype(object), False), "float32": (np.float32, False),
@@ -125,7 +125,7 @@ def build_stock_ensemble(config: Config, artifacts: Artifacts):
     from merlin.systems.dag.ops.workflow import TransformWorkflow
 
     from ensemble.graph import REQUEST_SCHEMA, feast_features
-    from operators.milvus import QueryMilvus
+    from operators.query_milvus import QueryMilvus
     from operators.tensorflow import PredictSavedModel
     from training.features import HISTORY
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from recsys.config import load_config
+from core.config import load_config
 
 DEFAULT_VARIANTS = [
     {},
@@ -31,16 +31,16 @@ DEFAULT_VARIANTS = [
 
 
 def validate(config) -> dict:
-    from training import pipeline, tuning
+    from training import pipeline, tables, tuning
     from training import workflows as wf
 
     data, train, _ = pipeline.load_data(config)
-    user_features, item_features = pipeline.side_features(data)
+    user_features, item_features = tables.side_features(data)
     users = pipeline.features.user_table(train, data.users, config.training.max_history)
     items = pipeline.features.item_table(data.interactions, train, data.items)
     with tempfile.TemporaryDirectory() as scratch:
         workflows = wf.fit_workflows(users, items, user_features, item_features, Path(scratch))
-        choice = tuning.tune(config, data, train, workflows, pipeline.model_specs(workflows),
+        choice = tuning.tune(config, data, train, workflows, tables.model_specs(workflows),
                              pipeline.resolve_split(config))
     curves = choice.curves
     return {"two_tower_ndcg@10": max(curves["tower_ndcg@10"]),

@@ -24,7 +24,7 @@ def classify(exc: BaseException) -> tuple[str, str]:
     """``(code, message)`` for a failed request: code is the name of a ``pb_utils.TritonError``
     code (``INVALID_ARG``, ``UNAVAILABLE``, ``INTERNAL``)."""
     from operators.feast_lookup import FeatureStoreUnavailable
-    from operators.milvus import MilvusUnavailable
+    from vector_index.client import MilvusUnavailable
 
     if isinstance(exc, BadRequest):
         return "INVALID_ARG", f"bad request: {exc}"

@@ -16,8 +16,8 @@ from merlin.dag import postorder_iter_nodes
 
 from ensemble.graph import build_ensemble
 from operators.settings import write_serving_config
-from recsys.config import Config
-from training.pipeline import Artifacts
+from core.config import Config
+from core.artifacts import Artifacts
 
 MODEL_VERSION = 1
 

@@ -19,13 +19,14 @@ from merlin.schema import ColumnSchema, Schema
 from merlin.systems.dag import Ensemble
 
 from operators.feast_lookup import QueryFeatures
-from operators.milvus import CATEGORY_FEATURE, QueryMilvus
+from core.contract import CATEGORY_FEATURE
+from operators.query_milvus import QueryMilvus
 from operators.ordering import FilterCandidates, OrderCandidates, PopularFallback
 from operators.tensorflow import PredictSavedModel
 from operators.workflow import TransformFeatures
-from recsys.config import Config
+from core.config import Config
 from training.features import HISTORY
-from training.pipeline import Artifacts
+from core.artifacts import Artifacts
 
 REQUEST_SCHEMA = Schema([ColumnSchema("user_id", dtype=np.int64, dims=(None,))])
 

@@ -91,7 +91,7 @@ class FilterScope:
     def __init__(self, ops):
         from operators.feast_lookup import QueryFeatures
         from operators.filters import FeatureKinds
-        from operators.milvus import QueryMilvus
+        from operators.query_milvus import QueryMilvus
 
         self.operators = [op for op in ops if hasattr(op, "request_filter")]
         lookup = next((op for op in ops if isinstance(op, QueryFeatures) and op.feature_view == "item_features"), None)

@@ -24,11 +24,11 @@ from merlin.table import TensorTable
 from ensemble.errors import BadRequest
 from ensemble.executor import ServingExecutor
 from operators.feast_lookup import QueryFeatures
-from operators.milvus import SimilarItems
+from operators.similar_items import SimilarItems
 from operators.ordering import FilterCandidates, TopSimilar
 from operators.settings import serving_config, write_serving_config
-from recsys.config import Config
-from training.pipeline import Artifacts
+from core.config import Config
+from core.artifacts import Artifacts
 
 MODEL_VERSION = 1
 OUTPUTS = ("item_ids", "scores", "found")
@@ -62,7 +62,7 @@ def build_similar_ensemble(config: Config, artifacts: Artifacts) -> Ensemble:
     pushed down) -> their Feast features -> the request filter -> the first ``top_k``, filled
     from the popular items within the filter."""
     from ensemble.graph import feast_features, popular_item_features
-    from operators.milvus import CATEGORY_FEATURE
+    from core.contract import CATEGORY_FEATURE
 
     popular = pd.read_parquet(artifacts.popular_items)["item_id"].to_numpy()
     views = feast_features(config)["item_features"]

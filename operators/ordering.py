@@ -3,7 +3,7 @@
 * :class:`OrderCandidates` sorts each user's candidates by the final score (descending) and
   keeps the best ``top_k``, as raw catalogue ids. The final score blends the per-user
   standardized ranking and retrieval scores with the weight training chose on validation
-  (:func:`training.scoring.blend_scores`).
+  (:func:`core.scoring.blend_scores`).
 * :class:`PopularFallback` answers users Feast does not know with the most popular items
   (flagged in the ``fallback`` output), fills rows that retrieval or a filter left short
   (counted in ``filled``), and says which path answered each user in ``source``:
@@ -21,7 +21,7 @@ from merlin.dag import BaseOperator, ColumnSelector, DataFormats
 from merlin.schema import ColumnSchema, Schema
 from merlin.table import TensorTable
 
-from training.scoring import blend_scores
+from core.scoring import blend_scores
 
 MISSING_ID = -1
 

@@ -12,7 +12,7 @@ import functools
 import json
 from pathlib import Path
 
-from recsys.config import Config, load_config
+from core.config import Config, load_config
 
 SETTINGS_FILE = "serving.json"
 

@@ -30,7 +30,7 @@ from typing import Callable
 
 import numpy as np
 
-from recsys.config import Config
+from core.config import Config
 
 DEFAULT_K = 50
 DEFAULT_CHUNK = 1024
@@ -171,7 +171,7 @@ def model_version(config: Config) -> str:
     """A content hash of everything the cascade is built from (models, workflows, popular
     items, feature list) and the serving settings that change answers (retrieval depth, seen
     exclusion). Live catalogue edits in Milvus or Feast are not part of it."""
-    from training.pipeline import Artifacts
+    from core.artifacts import Artifacts
 
     artifacts = Artifacts.of(config)
     digest = hashlib.sha256()
@@ -341,7 +341,7 @@ def _checked_filter(config: Config, expression: str | None, values) -> dict | No
             raise ValueError("--filter-values without --filter")
         return None
     from ensemble.graph import feast_features
-    from operators.milvus import CATEGORY_FEATURE
+    from core.contract import CATEGORY_FEATURE
     from operators.filters import FeatureKinds, FilterError, compile_filter
 
     item_features = feast_features(config)["item_features"]
@@ -592,7 +592,7 @@ def _worker_alive(worker: str) -> bool:
 def _milvus(config: Config):
     """Use the Milvus at the configured address if it answers (e.g. the one ``recsys serve``
     runs); otherwise start the local one for the run (indexing the items if needed)."""
-    from operators.milvus import MilvusUnavailable, connect, quiet_pymilvus
+    from vector_index.client import MilvusUnavailable, connect, quiet_pymilvus
 
     if not config.milvus.uri:
         try:

@@ -8,7 +8,7 @@ serving searches) and the items' rows in the Feast online store.
   retrieve them - no Triton restart.
 * :meth:`Catalog.delete`, :meth:`Catalog.count`, :meth:`Catalog.drop`.
 * :meth:`Catalog.rebuild` builds a new collection from the trained item vectors and switches
-  the alias to it (see :func:`operators.milvus.build_item_index`).
+  the alias to it (see :func:`vector_index.collections.build_item_index`).
 
 The most-popular fallback list is fixed at export; re-export to refresh it after deletions.
 """
@@ -20,10 +20,10 @@ import time
 import numpy as np
 import pandas as pd
 
-from operators.milvus import (ID_FIELD, MilvusUnavailable, aliased_collection, build_item_index,
-                              connect, item_rows, rpc_timeout)
-from recsys.config import Config
-from training.pipeline import Artifacts
+from vector_index.client import ID_FIELD, MilvusUnavailable, connect, rpc_timeout
+from vector_index.collections import aliased_collection, build_item_index, item_rows
+from core.config import Config
+from core.artifacts import Artifacts
 
 ITEM_VIEW = "item_features"
 
@@ -160,11 +160,11 @@ class Catalog:
         return items
 
     def _write_features(self, items: pd.DataFrame) -> None:
+        from training.feast_source import feast_frame
         from training.features import Features
-        from training.pipeline import _feast_frame
 
         spec = json.loads(self.artifacts.features.read_text())["item"]
-        frame = _feast_frame(items, Features(**spec))
+        frame = feast_frame(items, Features(**spec))
         frame["event_timestamp"] = pd.Timestamp.now(tz="UTC").floor("s")
         store = self.config.open_feature_store()
         store.write_to_online_store(ITEM_VIEW, frame)

@@ -17,7 +17,7 @@ import argparse
 import logging
 import sys
 
-from recsys.config import Config, load_config
+from core.config import Config, load_config
 
 
 URL_HELP = ("host:port, or several Triton replicas separated by commas (used in round robin); "
@@ -207,7 +207,7 @@ def _build(config: Config) -> None:
     import time
 
     from recsys import stack
-    from training.progress import stage
+    from core.progress import stage
 
     times = {}
     for name, step, detail in (

@@ -12,8 +12,8 @@ import pandas as pd
 
 from recsys import stack
 from recsys.client import RecommenderClient
-from recsys.config import Config
-from training.pipeline import Artifacts
+from core.config import Config
+from core.artifacts import Artifacts
 
 DATA_NAMES = {"synthetic": "a synthetic YOOCHOOSE-format click log",
               "movielens": "MovieLens-100K (from the recbole wheel)",

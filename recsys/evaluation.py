@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from recsys.config import Config
+from core.config import Config
 from training import metrics
-from training.pipeline import Artifacts
+from core.artifacts import Artifacts
 
 LOG = logging.getLogger(__name__)
 SYSTEMS = ("most_popular", "two_tower_exact", "two_tower_milvus", "cascade")
@@ -85,7 +85,7 @@ def milvus_search(config: Config, ensemble_dir: Path, vectors: np.ndarray, seen:
                   k: int) -> np.ndarray:
     from merlin.table import TensorTable
 
-    from operators.milvus import QueryMilvus
+    from operators.query_milvus import QueryMilvus
 
     op = QueryMilvus(top_k=k, exclude_column="history")
     op.load_artifacts(str(ensemble_dir))

@@ -2,23 +2,56 @@
 the same ``feast`` CLI a user would run by hand in that directory."""
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+import threading
 from datetime import datetime, timezone
 from pathlib import Path
 
-from recsys.config import Config
+from core.config import Config
 
 
 class FeastJobError(RuntimeError):
     """``feast apply`` or ``feast materialize-incremental`` failed."""
 
 
-def _feast(config: Config, *args: str) -> str:
+_TQDM_BAR = re.compile(rb"\d+%\|")
+
+
+def run_showing_bars(command: list[str]) -> subprocess.CompletedProcess:
+    """Run ``command`` with its output captured, drawing the tqdm bars it writes on stderr on
+    this terminal as they come; everything else on stderr (warnings) is only captured."""
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    stdout: list[bytes] = []
+    reader = threading.Thread(target=lambda: stdout.append(process.stdout.read()), daemon=True)
+    reader.start()
+    stderr, pending, drawn = bytearray(), b"", False
+    for chunk in iter(lambda: process.stderr.read1(4096), b""):
+        stderr += chunk
+        *segments, pending = re.split(rb"[\r\n]", pending + chunk)
+        for segment in segments:
+            if _TQDM_BAR.search(segment):
+                sys.stderr.write("\r" + segment.decode(errors="replace").strip() + "\033[K")
+                sys.stderr.flush()
+                drawn = True
+    process.wait()
+    reader.join()
+    if drawn:
+        sys.stderr.write("\r\033[K")
+        sys.stderr.flush()
+    return subprocess.CompletedProcess(command, process.returncode, b"".join(stdout).decode(errors="replace"),
+                                       stderr.decode(errors="replace"))
+
+
+def _feast(config: Config, *args: str, bars: bool = False) -> str:
     repo = config.feature_repo
     command = [str(Path(sys.executable).parent / "feast"), "-c", str(repo),
                "--feature-store-yaml", str(config.feature_store_file), *args]
-    result = subprocess.run(command, capture_output=True, text=True)
+    if bars:
+        result = run_showing_bars(command)
+    else:
+        result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
         raise FeastJobError(f"`feast --feature-store-yaml {config.feature_store_yaml} {' '.join(args)}` failed in {repo}:\n"
                             f"{result.stderr[-3000:]}")
@@ -32,7 +65,8 @@ def apply_and_materialize(config: Config, end: datetime | None = None) -> str:
     end = end or datetime.now(timezone.utc)
     stamp = end.strftime("%Y-%m-%dT%H:%M:%S")
     out = _feast(config, "apply")
-    out += _feast(config, "materialize-incremental", stamp)
+    out += _feast(config, "materialize-incremental", stamp,
+                  bars=config.training.progress and sys.stderr.isatty())
     unread = views_not_online(config)
     if unread:
         out += reload_online_store(config, end)

@@ -19,7 +19,7 @@ import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
-from recsys.config import Config
+from core.config import Config
 
 
 MILVUS_DEFAULT_ROOT = "root:Milvus"  # what a new Milvus with authentication accepts
@@ -232,7 +232,7 @@ class MilvusProcess(ManagedProcess):
     def _answers(self, token: str) -> bool:
         from pymilvus import MilvusClient
 
-        from operators.milvus import quiet_pymilvus
+        from vector_index.client import quiet_pymilvus
 
         try:
             with quiet_pymilvus():

@@ -7,9 +7,9 @@ from contextlib import contextmanager
 
 
 from recsys import featurestore
-from recsys.config import Config
+from core.config import Config
 from recsys.servers import MilvusProcess, TritonProcess, running
-from training.pipeline import Artifacts
+from core.artifacts import Artifacts
 
 LOG = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ def local_milvus(config: Config, reindex: bool = False):
 
 
 def _collection_exists(config: Config) -> bool:
-    from operators.milvus import connect
+    from vector_index.client import connect
 
     client = connect(config.milvus)
     try:

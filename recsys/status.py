@@ -12,7 +12,7 @@ import urllib.request
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 
-from recsys.config import Config
+from core.config import Config
 
 
 @dataclass
@@ -55,7 +55,8 @@ def triton_checks(config: Config, timeout_s: float = 3.0) -> list[Check]:
 
 def milvus_checks(config: Config, timeout_s: float = 3.0) -> list[Check]:
     """Reachable, collection exists and is loaded, with its row count."""
-    from operators.milvus import MilvusUnavailable, aliased_collection, connect, quiet_pymilvus
+    from vector_index.client import MilvusUnavailable, connect, quiet_pymilvus
+    from vector_index.collections import aliased_collection
 
     cfg = config.milvus
     try:

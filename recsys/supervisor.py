@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from recsys.config import Config, SupervisorConfig
+from core.config import Config, SupervisorConfig
 from recsys.servers import ManagedProcess, ServerError
 
 KEPT_EXITS = 20  # exits remembered per server in the state file

@@ -21,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from recsys.config import PROJECT_ROOT, Config, load_config
+from core.config import PROJECT_ROOT, Config, load_config
 from recsys.servers import free_port
 
 USER_OFFSET, ITEM_OFFSET = 900_000, 500_000
@@ -128,7 +128,7 @@ def clients(serving_stack):
 @pytest.fixture(scope="session")
 def catalogue(serving_stack):
     """Known user ids, the set of item ids, and the popular items, all raw ids."""
-    from training.pipeline import Artifacts
+    from core.artifacts import Artifacts
 
     artifacts = Artifacts.of(serving_stack[0])
     users = pd.read_parquet(artifacts.users)["user_id"].to_numpy()

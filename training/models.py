@@ -28,8 +28,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from recsys.config import TrainingConfig  # noqa: E402
-from training.progress import bar  # noqa: E402
+from core.config import TrainingConfig  # noqa: E402
+from core.progress import bar  # noqa: E402
 
 LOG = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ import logging
 import numpy as np
 import pandas as pd
 
-from recsys.config import DataConfig
+from core.config import DataConfig
 from training import clicklog
 from training.dataset import InteractionData, from_frames, load_files
 

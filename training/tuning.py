@@ -16,9 +16,11 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
-from recsys.config import Config
+from core.config import Config
+from core.scoring import blend_scores
 from training import features, metrics
-from training.scoring import blend_scores
+from training.models import train_dlrm, train_two_tower
+from training.tables import Tables
 
 LOG = logging.getLogger(__name__)
 WEIGHTS = (0.0, 0.25, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
@@ -82,9 +84,6 @@ def _user_inputs(tables, spec, rows=None):
 
 def tune(config: Config, data, train: pd.DataFrame, workflows: dict, specs: dict, method: str) -> Choice:
     """Choose epochs and the retrieval weight on a validation split of ``train``."""
-    from training.models import train_dlrm, train_two_tower
-    from training.pipeline import Tables
-
     cfg = config.training
     if not cfg.validate:
         return Choice(cfg.retrieval_epochs, cfg.ranking_epochs, cfg.retrieval_weight)
@@ -152,8 +151,6 @@ def hard_negatives(candidates: np.ndarray, n_items: int, cfg):
 
 def train_models(config: Config, tables, specs: dict, choice: Choice):
     """Train both models on all training interactions with the chosen epochs."""
-    from training.models import train_dlrm, train_two_tower
-
     cfg = config.training
     two_tower = train_two_tower(_user_inputs(tables, specs["tower"]), tables.item_inputs, tables.pairs,
                                 specs["tower"], specs["item"], cfg, choice.tower_epochs)

@@ -24,7 +24,7 @@ from recsys.batch import BatchOptions, render, run_batch
 from recsys.batch_store import COMPLETE, RUNNING, BatchStore
 from recsys.cli import main
 from recsys.servers import free_port
-from training.pipeline import Artifacts
+from core.artifacts import Artifacts
 
 pytestmark = pytest.mark.integration
 

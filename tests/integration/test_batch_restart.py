@@ -16,7 +16,7 @@ import pytest
 
 from recsys.batch import BatchOptions, run_batch
 from recsys.batch_store import COMPLETE, RUNNING, BatchStore
-from training.pipeline import Artifacts
+from core.artifacts import Artifacts
 
 pytestmark = pytest.mark.integration
 

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from recsys.catalog import Catalog, CatalogError
-from training.pipeline import Artifacts
+from core.artifacts import Artifacts
 
 pytestmark = pytest.mark.integration
 
@@ -23,7 +23,7 @@ def _new_item(config) -> pd.DataFrame:
 
 
 def _searchable_ids(config, vector: np.ndarray) -> set[int]:
-    from operators.milvus import connect
+    from vector_index.client import connect
 
     client = connect(config.milvus, 30)
     total = int(client.get_collection_stats(config.milvus.collection)["row_count"]) + 10
@@ -65,7 +65,7 @@ def test_upsert_refuses_bad_items(serving_stack):
 
 
 def test_rebuild_and_switch_while_serving_loses_no_request(serving_stack, catalogue):
-    from operators.milvus import connect
+    from vector_index.client import connect
 
     config, _, triton = serving_stack
     catalog = Catalog(config)
@@ -101,7 +101,7 @@ def test_rebuild_and_switch_while_serving_loses_no_request(serving_stack, catalo
 
 
 def _milvus_categories(config, ids) -> dict[int, str]:
-    from operators.milvus import CATEGORY_FIELD, ID_FIELD, connect
+    from vector_index.client import CATEGORY_FIELD, ID_FIELD, connect
 
     client = connect(config.milvus, 30)
     rows = client.query(config.milvus.collection, filter=f"{ID_FIELD} in {[int(i) for i in ids]}",

@@ -13,7 +13,7 @@ from recsys.batch import BatchOptions, run_batch
 from recsys.batch_store import BatchStore
 from training import workflows as wf
 from training.features import Features
-from training.pipeline import Artifacts
+from core.artifacts import Artifacts
 
 pytestmark = pytest.mark.integration
 

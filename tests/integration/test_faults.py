@@ -39,7 +39,7 @@ def test_unreadable_user_features_fall_back_to_popular_counted_and_logged(servin
     config, _, triton = serving_stack
     import pandas as pd
 
-    from training.pipeline import Artifacts
+    from core.artifacts import Artifacts
 
     # Users with interactions (personalized when Feast is readable).
     asked = pd.read_parquet(Artifacts.of(config).train_interactions)["user_id"].drop_duplicates().to_numpy()[-4:]

@@ -24,7 +24,7 @@ import pandas as pd
 import pytest
 
 from recsys.client import RecommendError, RecommenderClient
-from training.pipeline import Artifacts
+from core.artifacts import Artifacts
 
 pytestmark = pytest.mark.integration
 

@@ -8,8 +8,9 @@ import pandas as pd
 import pytest
 from merlin.table import TensorTable
 
-from operators.milvus import QueryMilvus, build_item_index
-from training.pipeline import Artifacts
+from operators.query_milvus import QueryMilvus
+from vector_index.collections import build_item_index
+from core.artifacts import Artifacts
 
 pytestmark = pytest.mark.integration
 
@@ -49,7 +50,7 @@ def test_closing_one_client_leaves_the_others_of_the_process_working(serving_sta
     """pymilvus shares one connection between clients of the same address and token unless
     each is given its own; ``connect`` does, so a probe that closes its client cannot break
     the retrieval operator's."""
-    from operators.milvus import connect
+    from vector_index.client import connect
 
     config = serving_stack[0]
     kept, probe = connect(config.milvus), connect(config.milvus)
@@ -64,7 +65,7 @@ def test_search_arrays_equal_milvus_client_search(serving_stack):
     """The array reader sends what ``MilvusClient.search`` sends (through the authenticated
     channel; the session's Milvus has authorization on) and returns the same hits, with and
     without a filter expression; a bad expression is Milvus' error, not a silent empty list."""
-    from operators.milvus import connect, search_arrays, search_params
+    from vector_index.client import connect, search_arrays, search_params
 
     config = serving_stack[0]
     vectors = pd.read_parquet(Artifacts.of(config).item_vectors)
@@ -106,7 +107,8 @@ def test_scann_with_a_boolean_parameter_builds(serving_stack):
 
 
 def test_a_rejected_index_build_leaves_nothing_behind_and_the_alias_untouched(serving_stack):
-    from operators.milvus import aliased_collection, connect
+    from vector_index.client import connect
+    from vector_index.collections import aliased_collection
 
     config = serving_stack[0]
     vectors = pd.read_parquet(Artifacts.of(config).item_vectors)
@@ -130,7 +132,7 @@ def test_the_first_search_after_a_rebuild_and_switch_answers_like_every_later_on
     300 queries (every later search identically): the build spends it before the switch."""
     import time
 
-    from operators.milvus import connect, sample_vectors, search_arrays, search_params
+    from vector_index.client import connect, sample_vectors, search_arrays, search_params
 
     config = serving_stack[0]
     vectors = pd.read_parquet(Artifacts.of(config).item_vectors)

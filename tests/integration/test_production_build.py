@@ -9,7 +9,7 @@ import pytest
 from recsys import stack
 from recsys.batch import BatchOptions, run_batch
 from recsys.batch_store import BatchStore
-from training.pipeline import Artifacts
+from core.artifacts import Artifacts
 
 pytestmark = pytest.mark.integration
 

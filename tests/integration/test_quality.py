@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 from training import workflows as wf
-from training.pipeline import Artifacts
+from core.artifacts import Artifacts
 
 pytestmark = pytest.mark.integration
 

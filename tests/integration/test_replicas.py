@@ -20,7 +20,7 @@ import pytest
 
 from recsys.client import RecommenderClient, TritonUnreachable
 from recsys.servers import ManagedProcess, TritonProcess, free_port, running
-from training.pipeline import Artifacts
+from core.artifacts import Artifacts
 
 pytestmark = pytest.mark.integration
 

@@ -33,7 +33,7 @@ def requests(draw, known_users):
 def test_generated_requests_answered_or_rejected_clearly(serving_stack, protocol):
     import pandas as pd
 
-    from training.pipeline import Artifacts
+    from core.artifacts import Artifacts
 
     config, _, triton = serving_stack
     known = pd.read_parquet(Artifacts.of(config).users)["user_id"].head(200).tolist()

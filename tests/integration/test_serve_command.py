@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from recsys.client import RecommenderClient
-from training.pipeline import Artifacts
+from core.artifacts import Artifacts
 
 pytestmark = pytest.mark.integration
 

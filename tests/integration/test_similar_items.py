@@ -8,7 +8,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from training.pipeline import Artifacts
+from core.artifacts import Artifacts
 
 pytestmark = pytest.mark.integration
 OUTPUTS = ("item_ids", "scores", "found")

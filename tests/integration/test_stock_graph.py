@@ -11,7 +11,7 @@ import pytest
 
 from benchmarks.serve import compare_stock, load, measure_stock
 from recsys.servers import free_port
-from training.pipeline import Artifacts
+from core.artifacts import Artifacts
 
 pytestmark = pytest.mark.integration
 
@@ -59,7 +59,7 @@ def _candidates(ensemble_dir, user: int) -> tuple[np.ndarray, np.ndarray]:
     from merlin.table import TensorTable
 
     from ensemble.executor import ServingExecutor
-    from operators.milvus import QueryMilvus
+    from operators.query_milvus import QueryMilvus
 
     graph = Ensemble.load(str(ensemble_dir))
     nodes = list(postorder_iter_nodes(graph.graph.output_node, flatten_subgraphs=True))

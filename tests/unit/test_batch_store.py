@@ -205,8 +205,8 @@ def test_users_files(tmp_path):
 
 
 def test_model_version_follows_content(tmp_path):
-    from recsys.config import load_config
-    from training.pipeline import Artifacts
+    from core.config import load_config
+    from core.artifacts import Artifacts
 
     config = load_config(base={}, overrides={"workdir": str(tmp_path)}, environ={})
     artifacts = Artifacts.of(config)

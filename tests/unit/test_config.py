@@ -1,6 +1,6 @@
 import pytest
 
-from recsys.config import load_config
+from core.config import load_config
 
 
 def test_defaults_env_and_overrides(tmp_path):

@@ -3,7 +3,7 @@ import logging
 
 import pytest
 
-from recsys.config import INDEX_DEFAULTS, load_config
+from core.config import INDEX_DEFAULTS, load_config
 
 
 def test_defaults_are_unchanged():
@@ -83,10 +83,10 @@ def test_retrieval_k_above_the_gpu_top_k_cap_is_refused(index_type, cap):
 
 def test_long_histories_beyond_the_cap_are_warned_about(caplog):
     base = {"milvus": {"index_type": "GPU_CAGRA"}, "serving": {"retrieval_k": 100}}
-    with caplog.at_level(logging.WARNING, logger="recsys.config"):
+    with caplog.at_level(logging.WARNING, logger="core.config"):
         load_config(base={**base, "training": {"max_history": 900}}, environ={})
     assert not caplog.records  # 100 + 900 -> limit 1024: fits
-    with caplog.at_level(logging.WARNING, logger="recsys.config"):
+    with caplog.at_level(logging.WARNING, logger="core.config"):
         load_config(base={**base, "training": {"max_history": 1000}}, environ={})
     assert "limit of 2048" in caplog.text and "capped at 1024" in caplog.text and "<= 1024" in caplog.text
 

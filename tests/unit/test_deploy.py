@@ -3,7 +3,7 @@ needed. The validators run from the tools virtualenvs `make tools` builds (.venv
 hadolint on the Dockerfile, yamllint on every YAML file, `docker-compose config` (Compose
 1.29.2) on the compose file, kubernetes-validate (strict) on the manifests. The rest checks
 that the files agree with each other and with the project: RECSYS_* names that
-recsys/config.py reads, paths and ports the images use, pinned image tags, placeholders only
+core/config.py reads, paths and ports the images use, pinned image tags, placeholders only
 in the Secret."""
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import types
 import pytest
 import yaml
 
-from recsys.config import _ENV_OVERRIDES, PROJECT_ROOT, TritonConfig, load_config
+from core.config import _ENV_OVERRIDES, PROJECT_ROOT, TritonConfig, load_config
 
 TOOLS = PROJECT_ROOT / ".venv-tools"
 DOCKER = PROJECT_ROOT / "docker"
@@ -26,6 +26,9 @@ K8S = PROJECT_ROOT / "deploy" / "k8s"
 DOCKERFILE = DOCKER / "Dockerfile.serving"
 COMPOSE = DOCKER / "compose.yaml"
 MILVUS_VALUES = PROJECT_ROOT / "deploy" / "milvus-values.yaml"
+# the project's packages, as pyproject.toml installs them
+PROJECT_PACKAGES = tuple(re.findall(r'"(\w+)\*"', re.search(r'include = \[([^\]]*)\]', (
+    PROJECT_ROOT / "pyproject.toml").read_text()).group(1)))
 KUBERNETES_VERSIONS = ("1.29.0", "1.37.0")  # the oldest and newest schema sets checked
 RECSYS_VARS = set(_ENV_OVERRIDES)
 # Variables for other programs, by who reads them.
@@ -154,7 +157,7 @@ def test_compose_environment_uses_only_known_variables():
     for name, service in config["services"].items():
         for var in service.get("environment", {}):
             if var.startswith("RECSYS_"):
-                assert var in RECSYS_VARS, f"{name}: {var} is not read by recsys/config.py"
+                assert var in RECSYS_VARS, f"{name}: {var} is not read by core/config.py"
             elif var == "FEAST_REDIS_CONNECTION_STRING":
                 assert "${FEAST_REDIS_CONNECTION_STRING}" in feast_yaml
             else:
@@ -166,7 +169,7 @@ def test_compose_interpolation_variables_are_known_or_documented():
     header = text.split("\nx-recsys-env")[0]
     for var in set(re.findall(r"\$\{([A-Z0-9_]+)", text)):
         if var.startswith("RECSYS_"):
-            assert var in RECSYS_VARS, f"{var} is not read by recsys/config.py"
+            assert var in RECSYS_VARS, f"{var} is not read by core/config.py"
         else:
             assert var in header, f"{var} is not documented in the header of compose.yaml"
 
@@ -383,9 +386,9 @@ def test_image_copies_every_package_and_imports_what_the_model_imports():
                              re.M):
         for item in source.split():
             assert (PROJECT_ROOT / item).exists(), f"COPY source {item} missing"
-    smoke = re.search(r'import (recsys\.config[^"]*)"', DOCKERFILE.read_text()).group(1)
+    smoke = re.search(r'import (core\.config[^"]*)"', DOCKERFILE.read_text()).group(1)
     for module in [m.strip() for m in smoke.split(",")]:
-        if module.split(".")[0] in ("recsys", "training", "operators", "ensemble"):
+        if module.split(".")[0] in PROJECT_PACKAGES:
             assert importlib.util.find_spec(module) is not None, module
     model = (PROJECT_ROOT / "ensemble" / "triton_model.py").read_text()
     assert "from ensemble.runner import" in model and "ensemble.runner" in smoke
@@ -393,7 +396,7 @@ def test_image_copies_every_package_and_imports_what_the_model_imports():
 
 def test_project_sources_parse_as_python_3_10():
     """The Merlin 23.08 image runs Python 3.10: the project must not use newer syntax."""
-    files = [p for d in ("recsys", "training", "operators", "ensemble") for p in (PROJECT_ROOT / d).glob("*.py")]
+    files = [p for d in PROJECT_PACKAGES for p in (PROJECT_ROOT / d).glob("*.py")]
     for path in files:
         ast.parse(path.read_text(), filename=str(path), feature_version=(3, 10))
     modules = {n.names[0].name for p in files for n in ast.walk(ast.parse(p.read_text()))

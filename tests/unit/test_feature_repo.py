@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from recsys.config import PROJECT_ROOT
+from core.config import PROJECT_ROOT
 
 
 def test_feast_apply_by_hand_in_a_new_repository(tmp_path):
@@ -32,7 +32,7 @@ def test_load_features_repairs_an_online_store_that_lost_its_tables(tmp_path):
 
     import pandas as pd
 
-    from recsys.config import load_config
+    from core.config import load_config
     from recsys.featurestore import apply_and_materialize, views_not_online
 
     repo = tmp_path / "feature_repo"
@@ -54,3 +54,18 @@ def test_load_features_repairs_an_online_store_that_lost_its_tables(tmp_path):
     out = apply_and_materialize(config, end=datetime(2026, 6, 2, tzinfo=timezone.utc))
     assert "reloaded the online store" in out
     assert views_not_online(config) == []
+
+
+def test_materialization_bars_reach_the_terminal_and_warnings_do_not(capfd):
+    from recsys.featurestore import run_showing_bars
+
+    script = ("import sys, time\n"
+              "sys.stderr.write('FutureWarning: something deprecated\\n')\n"
+              "for done in (0, 50, 100):\n"
+              "    sys.stderr.write(f'\\r{done}%|####| {done}/100'); sys.stderr.flush(); time.sleep(0.05)\n"
+              "sys.stderr.write('\\n'); print('Materializing 2 feature views')\n")
+    result = run_showing_bars([sys.executable, "-c", script])
+    shown = capfd.readouterr().err
+    assert result.returncode == 0 and "Materializing 2 feature views" in result.stdout
+    assert "100%|####| 100/100" in shown and "50%|" in shown
+    assert "FutureWarning" not in shown and "FutureWarning" in result.stderr

@@ -6,8 +6,8 @@ import shutil
 
 import pytest
 
-from recsys.config import load_config
-from training.pipeline import FEATURE_REPO_FILES, FEATURE_REPO_OWNER, check_feature_repo_owner, ensure_feature_repo
+from core.config import load_config
+from training.feast_source import FEATURE_REPO_FILES, FEATURE_REPO_OWNER, check_feature_repo_owner, ensure_feature_repo
 
 
 def _config(workdir, repo):

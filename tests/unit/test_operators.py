@@ -40,7 +40,7 @@ def test_order_candidates_blends_retrieval_and_ranking_scores():
 
 
 def test_blend_scores_standardizes_per_row_and_keeps_padding_last():
-    from training.scoring import blend_scores
+    from core.scoring import blend_scores
 
     out = blend_scores(np.array([[1.0, 2.0, 3.0], [5.0, 5.0, 5.0]]),
                        np.array([[1.0, 2.0, -np.inf], [0.0, 1.0, 2.0]]), 0.5)
@@ -72,7 +72,7 @@ def test_popular_fallback_replaces_unknown_users_and_fills_short_rows():
 
 
 def test_query_milvus_row_drops_seen_items_and_fills_without_padding():
-    from operators.milvus import QueryMilvus
+    from operators.query_milvus import QueryMilvus
 
     op = QueryMilvus(top_k=4, fill_ids=[50, 51, 52, 53])
     hit_ids, hit_scores = np.array([1, 2, 3]), np.array([0.9, 0.8, 0.7], dtype=np.float32)
@@ -84,7 +84,7 @@ def test_query_milvus_row_drops_seen_items_and_fills_without_padding():
 @pytest.fixture(scope="module")
 def fitted_workflows(tmp_path_factory):
     from training import sources
-    from training.pipeline import side_features
+    from training.tables import side_features
 
     data = sources.movielens_100k()
     data = sources.sample_users(data, 60, seed=1)
@@ -163,7 +163,7 @@ def test_transform_features_never_refits(fitted_item_workflow, tmp_path):
 def test_operators_pickle_without_heavy_state(fitted_item_workflow):
     import cloudpickle
 
-    from operators.milvus import QueryMilvus
+    from operators.query_milvus import QueryMilvus
 
     path, _ = fitted_item_workflow
     op = TransformFeatures(path, "item")
@@ -279,8 +279,8 @@ def test_unreadable_store_serves_missing_rows_counts_logs_and_recovers(cache_ttl
 
 
 def test_query_milvus_caps_search_limit_at_the_index_types_limit():
-    from operators.milvus import QueryMilvus
-    from recsys.config import load_config
+    from operators.query_milvus import QueryMilvus
+    from core.config import load_config
 
     class _Client:
         def __init__(self):
@@ -306,8 +306,8 @@ def test_query_milvus_caps_search_limit_at_the_index_types_limit():
 def test_after_a_reconnect_milvus_is_warmed_up_in_the_background_never_failing_a_request(monkeypatch, caplog):
     import threading
 
-    from operators import milvus
-    from recsys.config import MilvusConfig
+    from operators import query_milvus as milvus
+    from core.config import MilvusConfig
 
     class Client:
         def load_collection(self, *args, **kwargs):

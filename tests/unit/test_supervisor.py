@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from recsys.config import SupervisorConfig, load_config
+from core.config import SupervisorConfig, load_config
 from recsys.servers import ManagedProcess, ServerError
 from recsys.status import supervisor_checks
 from recsys.supervisor import Supervisor, describe_exit, read_state, state_path
