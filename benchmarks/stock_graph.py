@@ -117,14 +117,15 @@ def stock_query_feast(config: Config, view: str, entity: str, features: dict[str
 
 
 def build_stock_ensemble(config: Config, artifacts: Artifacts):
-    """The stock-operator graph over the same artifacts as :func:`ensemble.graph.build_ensemble`."""
+    """The stock-operator graph over the same artifacts as :func:`ensemble.graph.build_recommender`."""
     import nvtabular as nvt
     import pandas as pd
     from merlin.systems.dag import Ensemble
     from merlin.systems.dag.ops.softmax_sampling import SoftmaxSampling
     from merlin.systems.dag.ops.workflow import TransformWorkflow
 
-    from ensemble.graph import REQUEST_SCHEMA, feast_features
+    from core.contract import RECOMMENDER
+    from ensemble.graph import feast_features, request_schema
     from operators.query_milvus import QueryMilvus
     from operators.tensorflow import PredictSavedModel
     from training.features import HISTORY
@@ -153,7 +154,7 @@ def build_stock_ensemble(config: Config, artifacts: Artifacts):
     # Merlin's multi-stage example orders with SoftmaxSampling at temperature 1e-8.
     ordered = candidates["candidate_ids"] >> SoftmaxSampling(ranked["ranking_score"], temperature=1e-8,
                                                              topk=serving.top_k)
-    return Ensemble(ordered, REQUEST_SCHEMA)
+    return Ensemble(ordered, request_schema(RECOMMENDER))
 
 
 def export_stock_model(config: Config, artifacts: Artifacts, repository: Path,

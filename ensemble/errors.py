@@ -2,9 +2,9 @@
 
 Three kinds, each with its Triton error code (the Python backend maps them to HTTP / gRPC):
 
-- the caller's mistake (:class:`BadRequest`): ``INVALID_ARG`` -> HTTP 400, gRPC INVALID_ARGUMENT;
+- the caller's mistake (:class:`core.contract.BadRequest`): ``INVALID_ARG`` -> HTTP 400, gRPC INVALID_ARGUMENT;
 - a dependency down (Milvus, the Feast online store): ``UNAVAILABLE`` -> HTTP 503, gRPC
-  UNAVAILABLE; the message starts with :data:`DEPENDENCY_PREFIX`, which tells a client that the
+  UNAVAILABLE; the message starts with :data:`core.contract.DEPENDENCY_PREFIX`, which tells a client that the
   model answered (its replica is up) rather than that the server could not be reached;
 - anything else is our own bug: ``INTERNAL`` -> HTTP 500, with the traceback in Triton's log.
 """
@@ -13,19 +13,14 @@ from __future__ import annotations
 import logging
 import traceback
 
-DEPENDENCY_PREFIX = "dependency unavailable:"
-
-
-class BadRequest(ValueError):
-    """The request itself is wrong (the caller can fix it)."""
+from core.contract import DEPENDENCY_PREFIX, BadRequest
+from operators.feast_lookup import FeatureStoreUnavailable
+from vector_index.client import MilvusUnavailable
 
 
 def classify(exc: BaseException) -> tuple[str, str]:
     """``(code, message)`` for a failed request: code is the name of a ``pb_utils.TritonError``
     code (``INVALID_ARG``, ``UNAVAILABLE``, ``INTERNAL``)."""
-    from operators.feast_lookup import FeatureStoreUnavailable
-    from vector_index.client import MilvusUnavailable
-
     if isinstance(exc, BadRequest):
         return "INVALID_ARG", f"bad request: {exc}"
     if isinstance(exc, (MilvusUnavailable, FeatureStoreUnavailable)):

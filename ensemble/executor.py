@@ -3,7 +3,8 @@
 Merlin's ``LocalExecutor`` re-runs a node for every downstream path that reaches it (in this
 graph the Feast user lookup and the Milvus search would run several times per request); this
 one memoizes node outputs for the duration of one ``transform`` call and records how long each
-operator took.
+stage took. A stage is every operator but Merlin's own column plumbing (selection, concat,
+subset, subtraction, rename: what ``>>``, ``+`` and ``[...]`` add to a graph).
 """
 from __future__ import annotations
 
@@ -11,6 +12,13 @@ import time
 from collections import defaultdict
 
 from merlin.dag.executors import LocalExecutor
+from merlin.dag.ops.concat_columns import ConcatColumns
+from merlin.dag.ops.rename import Rename
+from merlin.dag.ops.selection import SelectionOp
+from merlin.dag.ops.subset_columns import SubsetColumns
+from merlin.dag.ops.subtraction import SubtractionOp
+
+COLUMN_PLUMBING = (SelectionOp, ConcatColumns, SubsetColumns, SubtractionOp, Rename)
 
 
 class ServingExecutor(LocalExecutor):
@@ -42,8 +50,13 @@ class ServingExecutor(LocalExecutor):
         try:
             return super()._run_node_transform(node, input_data, capture_dtypes, strict)
         finally:
-            if type(node.op).__module__.startswith("operators."):
+            if is_stage(node.op):
                 self.timings[stage_name(node.op)] += time.perf_counter() - started
+
+
+def is_stage(op) -> bool:
+    """Whether ``op`` is a stage of the cascade (timed), not Merlin's column plumbing."""
+    return not isinstance(op, COLUMN_PLUMBING)
 
 
 def stage_name(op) -> str:

@@ -1,4 +1,6 @@
-"""The serving graph of the ``recommender`` model:
+"""The serving graphs, one per served model (:data:`GRAPHS`, keyed by the contract's kind).
+
+``recommender``:
 
     user_id -> Feast(user) -> NVTabular(user) -> user tower -> QueryMilvus (retrieval_k, the
             user's own items excluded, the request filter's Milvus part pushed down)
@@ -8,6 +10,12 @@
 Every column after retrieval is ``[batch, retrieval_k]``, so each user's candidates stay in
 that user's row from end to end. Feature names and types are the ones training wrote for the
 Feast repo, so the graph follows the data set.
+
+``similar_items``:
+
+    item_id -> SimilarItems (retrieval_k nearest items, the item itself excluded, the request
+            filter's Milvus part pushed down) -> Feast(items) -> the request filter -> the first
+            top_k, filled from the popular items within the filter
 """
 from __future__ import annotations
 
@@ -18,17 +26,21 @@ import pandas as pd
 from merlin.schema import ColumnSchema, Schema
 from merlin.systems.dag import Ensemble
 
+from core.artifacts import Artifacts
+from core.config import Config
+from core.contract import CATEGORY_FEATURE, RECOMMENDER, SIMILAR_ITEMS, ModelContract
 from operators.feast_lookup import QueryFeatures
-from core.contract import CATEGORY_FEATURE
+from operators.ordering import FilterCandidates, OrderCandidates, PopularFallback, TopSimilar
 from operators.query_milvus import QueryMilvus
-from operators.ordering import FilterCandidates, OrderCandidates, PopularFallback
+from operators.similar_items import SimilarItems
 from operators.tensorflow import PredictSavedModel
 from operators.workflow import TransformFeatures
-from core.config import Config
 from training.features import HISTORY
-from core.artifacts import Artifacts
 
-REQUEST_SCHEMA = Schema([ColumnSchema("user_id", dtype=np.int64, dims=(None,))])
+
+def request_schema(contract: ModelContract) -> Schema:
+    """The graph's input: the contract's id column, ``[batch]`` INT64."""
+    return Schema([ColumnSchema(contract.id_input, dtype=np.int64, dims=(None,))])
 
 
 def popular_item_features(config: Config, popular_ids: np.ndarray, features: dict[str, str]) -> dict[str, list]:
@@ -46,7 +58,7 @@ def feast_features(config: Config) -> dict[str, dict[str, str]]:
     return json.loads((config.feature_data_dir / "features.json").read_text())
 
 
-def build_ensemble(config: Config, artifacts: Artifacts) -> Ensemble:
+def build_recommender(config: Config, artifacts: Artifacts) -> Ensemble:
     """Assemble the cascade from the offline artifacts (nothing is fitted here)."""
     serving = config.serving
     views = feast_features(config)
@@ -78,4 +90,29 @@ def build_ensemble(config: Config, artifacts: Artifacts) -> Ensemble:
     answer = (ordered + user_raw["user_found", HISTORY]) >> PopularFallback(
         popular["item_id"].to_numpy(), popular["score"].to_numpy(), serving.top_k,
         popular_features=popular_item_features(config, popular["item_id"].to_numpy(), item_views))
-    return Ensemble(answer, REQUEST_SCHEMA)
+    return Ensemble(answer, request_schema(RECOMMENDER))
+
+
+def build_similar_items(config: Config, artifacts: Artifacts) -> Ensemble:
+    """item_id -> the ``retrieval_k`` nearest items in Milvus (the request filter's Milvus part
+    pushed down) -> their Feast features -> the request filter -> the first ``top_k``, filled
+    from the popular items within the filter."""
+    popular = pd.read_parquet(artifacts.popular_items)["item_id"].to_numpy()
+    views = feast_features(config)["item_features"]
+    nearest = ["item_id"] >> SimilarItems(
+        top_k=config.serving.retrieval_k, fill_ids=popular,
+        category_feature=CATEGORY_FEATURE if CATEGORY_FEATURE in views else None)
+    candidates = nearest["item_ids"]
+    if views:
+        item_raw = nearest["item_ids"] >> QueryFeatures(
+            "item_features", "item_id", views, entity_column="item_ids",
+            cache_ttl_s=config.serving.feature_cache_ttl_s,
+            warm_ids=pd.read_parquet(artifacts.items)["item_id"].to_numpy())
+        candidates = candidates + item_raw[list(views)]
+    kept = candidates >> FilterCandidates(id_column="item_ids")
+    answer = (kept + nearest["scores", "found"] + ["item_id"]) >> TopSimilar(
+        popular, config.serving.top_k, popular_features=popular_item_features(config, popular, views))
+    return Ensemble(answer, request_schema(SIMILAR_ITEMS))
+
+
+GRAPHS = {RECOMMENDER.kind: build_recommender, SIMILAR_ITEMS.kind: build_similar_items}

@@ -1,5 +1,9 @@
 """Run an exported ensemble in-process: what the Triton model does per request, also used by
-jobs and tests that need exactly the served cascade without a server."""
+jobs and tests that need exactly the served graph without a server.
+
+One base (:class:`GraphRunner`: load, validate the ids, compile the request's filter, run the
+graph, return the contract's outputs) and one subclass per served model (:data:`RUNNERS`).
+"""
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -11,63 +15,86 @@ from merlin.dag.runtime import Runtime
 from merlin.systems.dag import Ensemble
 from merlin.table import TensorTable
 
-from ensemble.errors import BadRequest
+from core.contract import RECOMMENDER, SIMILAR_ITEMS, BadRequest, ModelContract
 from ensemble.executor import ServingExecutor
+from operators.feast_lookup import QueryFeatures
+from operators.filters import FeatureKinds, FilterError, compile_filter
+from operators.query_milvus import QueryMilvus
+from operators.settings import serving_config
 
-OUTPUTS = ("item_ids", "scores", "fallback", "source", "filled")
 
+class GraphRunner:
+    """The loaded graph of one exported ensemble directory, answering its contract."""
 
-class Recommender:
-    """The loaded cascade of one exported ensemble directory."""
+    contract: ModelContract
+    exports_metrics = False  # the Triton model exports its stage times and outcomes
 
-    def __init__(self, ensemble: Ensemble, max_batch_users: int):
-        from operators.feast_lookup import QueryFeatures
-
+    def __init__(self, ensemble: Ensemble, max_batch: int):
         self.ensemble = ensemble
-        self.max_batch_users = max_batch_users
+        self.max_batch = max_batch
         self.executor = ServingExecutor()
         self.runtime = Runtime(executor=self.executor)
-        ops = [node.op for node in postorder_iter_nodes(ensemble.graph.output_node, flatten_subgraphs=True)]
-        self._feature_lookups = [op for op in ops if isinstance(op, QueryFeatures)]
-        self.filters = FilterScope(ops)
+        self.operators = [node.op for node in postorder_iter_nodes(ensemble.graph.output_node,
+                                                                   flatten_subgraphs=True)]
+        self.filters = FilterScope(self.operators)
 
     @classmethod
-    def load(cls, ensemble_dir: str | Path) -> "Recommender":
+    def load(cls, ensemble_dir: str | Path) -> "GraphRunner":
         """Load the pickled graph and every operator's artifacts from ``ensemble_dir``."""
-        from operators.settings import serving_config
-
         ensemble_dir = str(ensemble_dir)
         ensemble = Ensemble.load(ensemble_dir)
         for node in postorder_iter_nodes(ensemble.graph.output_node, flatten_subgraphs=True):
             node.op.load_artifacts(ensemble_dir)
         return cls(ensemble, serving_config(ensemble_dir).serving.max_batch_users)
 
-    def validate(self, user_ids) -> np.ndarray:
-        """Check the request shape and dtype; raise :class:`BadRequest` with a clear message."""
-        array = np.asarray(user_ids)
+    def validate(self, ids) -> np.ndarray:
+        """Check the request's ids (shape, dtype, count); :class:`BadRequest` with a clear message."""
+        name = self.contract.id_input
+        array = np.asarray(ids)
         if array.dtype.kind not in "iu":
-            raise BadRequest(f"user_id must be INT64, got {array.dtype}")
+            raise BadRequest(f"{name} must be INT64, got {array.dtype}")
         if array.ndim != 1:
-            raise BadRequest(f"user_id must be a 1-D batch of ids, got shape {list(array.shape)}")
+            raise BadRequest(f"{name} must be a 1-D batch of ids, got shape {list(array.shape)}")
         if array.size == 0:
-            raise BadRequest("user_id is empty: send at least one user id")
-        if array.size > self.max_batch_users:
-            raise BadRequest(f"user_id has {array.size} ids; at most {self.max_batch_users} per request")
+            raise BadRequest(f"{name} is empty: send at least one {name.replace('_', ' ')}")
+        if array.size > self.max_batch:
+            raise BadRequest(f"{name} has {array.size} ids; at most {self.max_batch} per request")
         return array.astype(np.int64)
 
     def compile_filter(self, expression: str | None, values=None):
         """The request's filter (:mod:`operators.filters`) checked against this catalogue's
         item features, or ``None`` without one; :class:`BadRequest` if malformed."""
-        return self.filters.compile(expression, values, BadRequest)
+        return self.filters.compile(expression, values)
+
+    def run(self, ids, item_filter=None) -> dict[str, np.ndarray]:
+        """The contract's outputs for each id, within ``item_filter`` (a compiled filter,
+        :meth:`compile_filter`) if given."""
+        request = TensorTable({self.contract.id_input: self.validate(ids)})
+        with self.filters.applied(item_filter):
+            result = self.ensemble.transform(request, runtime=self.runtime)
+        return {name: np.asarray(result[name].values) for name in self.contract.output_names}
+
+    @property
+    def last_timings(self) -> dict[str, float]:
+        """Seconds spent in each operator during the last :meth:`run`."""
+        return dict(self.executor.timings)
+
+
+class Recommender(GraphRunner):
+    """The ``recommender`` cascade (:func:`ensemble.graph.build_recommender`)."""
+
+    contract = RECOMMENDER
+    exports_metrics = True
+
+    def __init__(self, ensemble: Ensemble, max_batch: int):
+        super().__init__(ensemble, max_batch)
+        self._feature_lookups = [op for op in self.operators if isinstance(op, QueryFeatures)]
 
     def recommend(self, user_ids, item_filter=None) -> dict[str, np.ndarray]:
         """Top-k raw item ids and scores (sorted) for each user id, the fallback flags, which
         path answered each user (``source``) and how many items are popular fill-ins
         (``filled``). ``item_filter``: a compiled filter (:meth:`compile_filter`) or ``None``."""
-        request = TensorTable({"user_id": self.validate(user_ids)})
-        with self.filters.applied(item_filter):
-            result = self.ensemble.transform(request, runtime=self.runtime)
-        return {name: np.asarray(result[name].values) for name in OUTPUTS}
+        return self.run(user_ids, item_filter)
 
     @property
     def feature_store_failures(self) -> dict[str, int]:
@@ -77,10 +104,18 @@ class Recommender:
             totals[op.feature_view] = totals.get(op.feature_view, 0) + op.failures
         return totals
 
-    @property
-    def last_timings(self) -> dict[str, float]:
-        """Seconds spent in each operator during the last :meth:`recommend` call."""
-        return dict(self.executor.timings)
+
+class SimilarItemsRunner(GraphRunner):
+    """The ``similar_items`` graph (:func:`ensemble.graph.build_similar_items`)."""
+
+    contract = SIMILAR_ITEMS
+
+    def similar(self, item_ids, item_filter=None) -> dict[str, np.ndarray]:
+        """The nearest items of each item id, the item itself excluded, within ``item_filter``."""
+        return self.run(item_ids, item_filter)
+
+
+RUNNERS: dict[str, type[GraphRunner]] = {runner.contract.kind: runner for runner in (Recommender, SimilarItemsRunner)}
 
 
 class FilterScope:
@@ -89,27 +124,21 @@ class FilterScope:
     there (the item features the graph reads from Feast)."""
 
     def __init__(self, ops):
-        from operators.feast_lookup import QueryFeatures
-        from operators.filters import FeatureKinds
-        from operators.query_milvus import QueryMilvus
-
         self.operators = [op for op in ops if hasattr(op, "request_filter")]
         lookup = next((op for op in ops if isinstance(op, QueryFeatures) and op.feature_view == "item_features"), None)
         category = next((op.category_feature for op in ops if isinstance(op, QueryMilvus)), None)
         self.kinds = FeatureKinds.from_feast(dict(lookup.features) if lookup else {}, category)
 
-    def compile(self, expression: str | None, values, error: type[Exception]):
-        """The compiled filter, ``None`` without an expression; ``error("filter: ...")`` if malformed."""
-        from operators.filters import FilterError, compile_filter
-
+    def compile(self, expression: str | None, values):
+        """The compiled filter, ``None`` without an expression; ``BadRequest("filter: ...")`` if malformed."""
         if expression is None:
             if values is not None:
-                raise error("filter: filter_values given without a filter")
+                raise BadRequest("filter: filter_values given without a filter")
             return None
         try:
             return compile_filter(expression, values, self.kinds)
         except FilterError as exc:
-            raise error(f"filter: {exc}") from None
+            raise BadRequest(f"filter: {exc}") from None
 
     @contextmanager
     def applied(self, item_filter):

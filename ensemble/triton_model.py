@@ -1,33 +1,65 @@
-"""The ``recommender`` model for Triton's Python backend.
+"""Every model of the project for Triton's Python backend (``model.py`` of each model; which
+one it serves is the ``contract`` parameter of its config.pbtxt, see :mod:`ensemble.export`).
 
-One request = a batch of raw user ids (and optionally a ``filter`` expression with its
-``filter_values``, see :mod:`operators.filters`); the whole cascade runs in this process
-(:class:`ensemble.runner.Recommender`). Mistakes of the caller come back as a clear error
-for that request (INVALID_ARG: HTTP 400); failures of a dependency (Milvus, Feast) come back as
-an error naming the dependency (UNAVAILABLE: HTTP 503), see :mod:`ensemble.errors`; the model
-keeps serving in both cases. An unreadable Feast online store is not an
-error: those users take the cold-start path and items get default features, counted in
-``recsys_feature_store_failures_total{feature_view=...}``. Per-stage time is exported as Triton
-custom metrics (``recsys_stage_seconds_total{stage=...}``) on the metrics port.
+One request = a batch of raw ids (and optionally a ``filter`` expression with its
+``filter_values``, see :mod:`operators.filters`); the whole graph runs in this process
+(:mod:`ensemble.runner`). Mistakes of the caller come back as a clear error for that request
+(INVALID_ARG: HTTP 400); failures of a dependency (Milvus, Feast) come back as an error naming
+the dependency (UNAVAILABLE: HTTP 503), see :mod:`ensemble.errors`; the model keeps serving in
+both cases. An unreadable Feast online store is not an error: those users take the cold-start
+path and items get default features, counted in
+``recsys_feature_store_failures_total{feature_view=...}``. The recommender exports per-stage
+time as Triton custom metrics (``recsys_stage_seconds_total{stage=...}``) on the metrics port.
 """
+import json
 import logging
 from pathlib import Path
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-LOG = logging.getLogger("recommender")
+from core.contract import FILTER_INPUTS, BadRequest
+from ensemble.errors import classify, error_response
+from ensemble.request_inputs import optional_text
+from ensemble.runner import RUNNERS
+
+LOG = logging.getLogger("recsys.triton_model")
 
 
 class TritonPythonModel:
     def initialize(self, args):
-        from ensemble.runner import Recommender
-
+        kind = json.loads(args["model_config"])["parameters"]["contract"]["string_value"]
         model_dir = Path(args["model_repository"])
         if model_dir.suffix == ".py":  # some Triton versions pass the path of model.py
             model_dir = model_dir.parent.parent
-        ensemble_dir = model_dir / str(args["model_version"]) / "ensemble"
-        self.recommender = Recommender.load(ensemble_dir)
+        self.runner = RUNNERS[kind].load(model_dir / str(args["model_version"]) / "ensemble")
+        self.metrics = _Metrics() if self.runner.exports_metrics else None
+
+    def execute(self, requests):
+        return [self._answer(request) for request in requests]
+
+    def _answer(self, request):
+        contract = self.runner.contract
+        try:
+            ids = pb_utils.get_input_tensor_by_name(request, contract.id_input).as_numpy()
+            item_filter = self.runner.compile_filter(*(_text_input(request, name) for name in FILTER_INPUTS))
+            result = self.runner.run(ids, item_filter)
+        except Exception as exc:  # keep serving: the caller gets the error, with its code
+            if self.metrics:
+                self.metrics.failed(classify(exc)[0])
+            return error_response(pb_utils, exc, LOG)
+        if self.metrics:
+            self.metrics.answered(self.runner, result)
+        return pb_utils.InferenceResponse(output_tensors=[
+            pb_utils.Tensor(output.name, result[output.name].astype(np.dtype(output.dtype)))
+            for output in contract.outputs])
+
+
+class _Metrics:
+    """The recommender's custom metrics: requests by outcome, seconds per stage, ids served
+    as missing rows because Feast could not be read."""
+
+    def __init__(self):
         self.stage_seconds = pb_utils.MetricFamily(
             name="recsys_stage_seconds_total",
             description="Cumulative seconds spent in each stage of the cascade",
@@ -46,34 +78,14 @@ class TritonPythonModel:
         self._outcome_metrics = {o: self.outcomes.Metric(labels={"outcome": o})
                                  for o in ("ok", "bad_request", "dependency_error", "fallback_users")}
 
-    def execute(self, requests):
-        return [self._answer(request) for request in requests]
+    def failed(self, code: str) -> None:
+        outcome = {"INVALID_ARG": "bad_request", "UNAVAILABLE": "dependency_error"}.get(code)
+        if outcome:
+            self._outcome_metrics[outcome].increment(1)
 
-    def _answer(self, request):
-        from ensemble.errors import classify, error_response
-
-        try:
-            user_ids = pb_utils.get_input_tensor_by_name(request, "user_id").as_numpy()
-            item_filter = self.recommender.compile_filter(_text_input(request, "filter"),
-                                                          _text_input(request, "filter_values"))
-            result = self.recommender.recommend(user_ids, item_filter)
-        except Exception as exc:  # keep serving: the caller gets the error, with its code
-            outcome = {"INVALID_ARG": "bad_request", "UNAVAILABLE": "dependency_error"}.get(classify(exc)[0])
-            if outcome:
-                self._outcome_metrics[outcome].increment(1)
-            return error_response(pb_utils, exc, LOG)
-        self._record(result)
-        return pb_utils.InferenceResponse(output_tensors=[
-            pb_utils.Tensor("item_ids", result["item_ids"].astype(np.int64)),
-            pb_utils.Tensor("scores", result["scores"].astype(np.float32)),
-            pb_utils.Tensor("fallback", result["fallback"].astype(np.bool_)),
-            pb_utils.Tensor("source", result["source"].astype(np.object_)),
-            pb_utils.Tensor("filled", result["filled"].astype(np.int32)),
-        ])
-
-    def _record(self, result):
+    def answered(self, runner, result) -> None:
         self._outcome_metrics["ok"].increment(1)
-        for view, total in self.recommender.feature_store_failures.items():
+        for view, total in runner.feature_store_failures.items():
             new = total - self._failures_seen.get(view, 0)
             if new:
                 metric = self._failure_metrics.get(view)
@@ -83,7 +95,7 @@ class TritonPythonModel:
                 metric.increment(new)
                 self._failures_seen[view] = total
         self._outcome_metrics["fallback_users"].increment(int(result["fallback"].sum()))
-        for stage, seconds in self.recommender.last_timings.items():
+        for stage, seconds in runner.last_timings.items():
             metric = self._stage_metrics.get(stage)
             if metric is None:
                 metric = self._stage_metrics[stage] = self.stage_seconds.Metric(labels={"stage": stage})
@@ -91,7 +103,4 @@ class TritonPythonModel:
 
 
 def _text_input(request, name):
-    from ensemble.request_inputs import optional_text
-    from ensemble.runner import BadRequest
-
     return optional_text(pb_utils.get_input_tensor_by_name(request, name), name, BadRequest)

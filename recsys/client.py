@@ -7,9 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ensemble.errors import DEPENDENCY_PREFIX
-
-OUTPUTS = ("item_ids", "scores", "fallback", "source", "filled")
+from core.contract import DEPENDENCY_PREFIX, RECOMMENDER, SIMILAR_ITEMS
 
 
 class RecommendError(RuntimeError):
@@ -69,7 +67,7 @@ class RecommenderClient:
         personalized / features / popular) and the number of popular fill-ins (``filled``)
         for each user id (row i = user i). ``filter``: a filter expression (README, Filters)
         with its ``$PARAMETER`` values in ``filter_values`` (a dict or a JSON object)."""
-        answer = self._infer(self.model_name, "user_id", user_ids, OUTPUTS, dtype,
+        answer = self._infer(self.model_name, RECOMMENDER.id_input, user_ids, RECOMMENDER.output_names, dtype,
                              _filter_inputs(filter, filter_values))
         answer["source"] = np.array([s.decode() if isinstance(s, bytes) else str(s)
                                      for s in answer["source"]], dtype=object)
@@ -80,7 +78,7 @@ class RecommenderClient:
         """The ``similar_items`` model: nearest raw item ids and scores per item id, and
         ``found`` (false: the id is not in the collection, the row is the popular items);
         ``filter`` / ``filter_values`` as in :meth:`recommend`."""
-        return self._infer(model_name, "item_id", item_ids, ("item_ids", "scores", "found"), "INT64",
+        return self._infer(model_name, SIMILAR_ITEMS.id_input, item_ids, SIMILAR_ITEMS.output_names, "INT64",
                            _filter_inputs(filter, filter_values))
 
     def infer(self, model: str, input_name: str, ids, outputs) -> dict[str, np.ndarray]:
