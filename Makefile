@@ -25,7 +25,7 @@ $(STAMP): env/lock.txt pyproject.toml env/protobuf-python.pth
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	cp env/protobuf-python.pth "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/"
 	$(BIN)/python -c "import merlin.systems, nvtabular, merlin.models.tf, feast, pymilvus, tritonclient.grpc, milvus" 2>/dev/null
-	$(BIN)/python -c "import recsys.servers as s; s.prepare_triton_backends(__import__('pathlib').Path('$(VENV)/.triton-check'))"
+	$(BIN)/python -c "import recsys.runtime.servers as s; s.prepare_triton_backends(__import__('pathlib').Path('$(VENV)/.triton-check'))"
 	touch $(STAMP)
 
 # Offline validators of docker/ and deploy/ (hadolint, yamllint, kubernetes-validate, and

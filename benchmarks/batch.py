@@ -13,7 +13,7 @@ epoch each, no validation: answer quality is not what is measured here), applies
 materializes it; ``--skip-build`` reuses them. A local Milvus is started on a free loopback
 port (the items are indexed after a build or if the collection is missing; HNSW, the served
 default), then the batch job
-(:func:`recsys.batch.run_batch`, what ``recsys batch`` runs) computes the top ``--k`` of the
+(:func:`recsys.jobs.batch.run_batch`, what ``recsys batch`` runs) computes the top ``--k`` of the
 first ``--users`` training users, and the script prints users/s and the time per stage
 (:attr:`ensemble.runner.Recommender.last_timings`, summed over chunks, plus the database
 writes), and writes them as JSON to ``<workdir>/bench-batch.json``. Milvus shares the machine's
@@ -31,7 +31,7 @@ from pathlib import Path
 import pandas as pd
 
 from core.config import PROJECT_ROOT, load_config
-from recsys.servers import free_port
+from recsys.runtime.servers import free_port
 
 
 def bench_config(workdir: Path, items: int, sessions: int, port: int):
@@ -53,7 +53,7 @@ def bench_config(workdir: Path, items: int, sessions: int, port: int):
 
 def build(config) -> float:
     """Train on the synthetic click log and load Feast; returns seconds."""
-    from recsys import stack
+    from recsys.jobs import stack
 
     started = time.perf_counter()
     stack.train(config)
@@ -77,9 +77,10 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-    from recsys import stack
-    from recsys.batch import BatchOptions, run_batch, training_users
     from core.artifacts import Artifacts
+    from recsys.jobs import stack
+    from recsys.jobs.batch import BatchOptions, run_batch
+    from recsys.jobs.batch_users import training_users
 
     workdir = Path(args.workdir).resolve()
     config = bench_config(workdir, args.items, args.sessions, free_port())

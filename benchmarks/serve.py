@@ -23,12 +23,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from recsys import stack
-from recsys.client import RecommenderClient
-from core.config import load_config
-from recsys.demo import stage_seconds
-from recsys.servers import TritonProcess, free_port, running
 from core.artifacts import Artifacts
+from core.config import load_config
+from recsys.client import RecommenderClient, stage_seconds
+from recsys.jobs import stack
+from recsys.runtime.servers import TritonProcess, free_port, running
 
 
 class PeakMemory:

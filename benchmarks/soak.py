@@ -114,10 +114,10 @@ def render(report: dict) -> str:
 
 
 def main(argv=None) -> int:
-    from recsys import stack
-    from core.config import load_config
-    from recsys.servers import free_port
     from core.artifacts import Artifacts
+    from core.config import load_config
+    from recsys.jobs import stack
+    from recsys.runtime.servers import free_port
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", default="artifacts")

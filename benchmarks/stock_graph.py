@@ -34,8 +34,8 @@ from merlin.dag import BaseOperator, ColumnSelector, DataFormats
 from merlin.schema import ColumnSchema, Schema
 from merlin.table import TensorTable
 
-from core.config import Config
 from core.artifacts import Artifacts
+from core.config import Config
 
 STOCK_MODEL_NAME = "stock_recommender"
 _FEAST_DTYPES = {"string": (np.dtype(object), False), "float32": (np.float32, False),

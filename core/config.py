@@ -147,7 +147,7 @@ class TritonConfig:
     # round robin, skipping one that does not answer. Empty: the local server above.
     http_endpoints: tuple[str, ...] = ()
     grpc_endpoints: tuple[str, ...] = ()
-    # The HTTP port is served by a checking front (recsys/http_guard.py) that refuses requests
+    # The HTTP port is served by a checking front (recsys/runtime/http_guard.py) that refuses requests
     # whose declared shapes would crash tritonserver 2.51 (README, Security) and forwards the
     # rest to Triton on a private loopback port; false: Triton serves http_port itself.
     http_guard: bool = True

@@ -1,6 +1,6 @@
 """What long offline work shows while it runs: a bar per training epoch (validation epochs
 are the tuning trials), per index insert and per Feast materialization (``feast``'s own bars,
-forwarded by ``recsys.featurestore``), on a terminal only (tqdm, on stderr), and one
+forwarded by ``recsys.jobs.featurestore``), on a terminal only (tqdm, on stderr), and one
 line per finished stage with its counts and time (stdout). ``TrainingConfig.progress`` (``recsys
 --no-progress``) turns the bars off; stage lines stay."""
 from __future__ import annotations

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
-from merlin.dag import BaseOperator, ColumnSelector, DataFormats
+from merlin.dag import ColumnSelector
 from merlin.schema import ColumnSchema, Schema
 from merlin.table import TensorTable
 

@@ -18,7 +18,7 @@ import logging
 import sys
 
 from core.config import Config, load_config
-
+from recsys.jobs.batch_options import DEFAULT_CHUNK, DEFAULT_DB, DEFAULT_K, DEFAULT_KEEP, BatchOptions
 
 URL_HELP = ("host:port, or several Triton replicas separated by commas (used in round robin); "
             "default: triton.http_endpoints / grpc_endpoints, else the local Triton")
@@ -110,9 +110,7 @@ def _parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="health of Triton, Milvus and Feast (exit 1 if unhealthy)")
     status.add_argument("--json", action="store_true", help="machine-readable output")
 
-    from recsys.batch import add_arguments as batch_arguments
-
-    batch_arguments(sub.add_parser("batch", parents=[dask],
+    _batch_arguments(sub.add_parser("batch", parents=[dask],
                                    help="top-K of every user into a database, with the served "
                                         "cascade (recsys batch --k 50 --db sqlite:///recs.db)"))
 
@@ -169,13 +167,13 @@ def _config(args) -> Config:
 
 
 def _serve(config: Config, reindex: bool) -> None:
-    from recsys import stack
+    from recsys.jobs import stack
 
     stack.require_artifacts(config)
     if not (config.model_repository / config.serving.model_name).is_dir():
         stack.export(config)
-    from recsys.servers import StopRequest
-    from recsys.supervisor import Supervisor, state_path
+    from recsys.runtime.servers import StopRequest
+    from recsys.runtime.supervisor import Supervisor, state_path
 
     stop = StopRequest()
     with stack.local_stack(config, reindex=reindex) as (milvus, triton):
@@ -206,8 +204,8 @@ def _build(config: Config) -> None:
     """train -> Feast -> export, a line per stage and a summary with the times."""
     import time
 
-    from recsys import stack
     from core.progress import stage
+    from recsys.jobs import stack
 
     times = {}
     for name, step, detail in (
@@ -225,7 +223,7 @@ def _build(config: Config) -> None:
 
 
 def _catalog(config: Config, args) -> int:
-    from recsys.catalog import Catalog
+    from recsys.jobs.catalog import Catalog
 
     catalog = Catalog(config)
     name = config.milvus.collection
@@ -288,8 +286,8 @@ def _recommend(config: Config, args) -> int:
 
 
 def _evaluate(config: Config, args) -> None:
-    from recsys import stack
-    from recsys.evaluation import evaluate
+    from recsys.jobs import stack
+    from recsys.jobs.evaluation import evaluate
 
     data_options = [option for option in ("data", "interactions", "users", "items_file", "schema",
                                           "test_interactions", "split", "max_users", "sessions", "items")
@@ -309,7 +307,7 @@ def _evaluate(config: Config, args) -> None:
     print(f"written to {config.workdir / 'evaluation' / 'metrics.json'}")
 
 
-PROJECT_LOGGERS = ("recsys", "training", "operators", "ensemble", "feature_repo", "benchmarks")
+PROJECT_LOGGERS = ("core", "training", "vector_index", "operators", "ensemble", "recsys", "feature_repo", "benchmarks")
 
 
 def _quiet_libraries() -> None:
@@ -362,6 +360,61 @@ def _route_logs(config: Config, verbose: bool) -> None:
         logging.getLogger(name).handlers.clear()
 
 
+def _batch_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``recsys batch``."""
+    parser.add_argument("--k", type=int, help=f"items per user (default {DEFAULT_K}; at most serving.retrieval_k)")
+    parser.add_argument("--db", default=DEFAULT_DB,
+                        help=f"SQLAlchemy database URL (default {DEFAULT_DB}, relative to the current "
+                             "directory; e.g. postgresql://user:password@host:5432/dbname)")
+    who = parser.add_mutually_exclusive_group()
+    who.add_argument("--users", dest="user_ids", nargs="+", type=int, metavar="ID",
+                     help="these users only (default: every user of the training data)")
+    who.add_argument("--users-file", metavar="PATH",
+                     help="users from a file: one id per line, or CSV/parquet with a user_id column")
+    parser.add_argument("--chunk-size", type=int, help=f"users per chunk and transaction (default {DEFAULT_CHUNK})")
+    parser.add_argument("--resume", metavar="RUN_ID", help="continue an interrupted or failed run")
+    parser.add_argument("--keep-runs", type=int, default=DEFAULT_KEEP,
+                        help=f"complete runs kept; older ones are deleted when a run completes (default {DEFAULT_KEEP})")
+    parser.add_argument("--pause", type=float, default=0.0, metavar="SECONDS",
+                        help="sleep after each chunk (leaves CPU to a server on the same machine)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="processes running the cascade, each with its own copy of the models "
+                             "(default 1: this process; the number of cores for throughput)")
+    parser.add_argument("--filter", metavar="EXPRESSION",
+                        help="a filter expression, as online (README, Filters), e.g. "
+                             "'INCLUDE ItemID WHERE Items.genres IN ($GENRES)'")
+    parser.add_argument("--filter-values", metavar="JSON",
+                        help='values of the filter\'s $PARAMETERS, e.g. \'{"GENRES": ["Comedy"]}\'')
+
+
+def _batch(config: Config, args: argparse.Namespace) -> int:
+    """``recsys batch``: run (or resume) a batch and print what it did."""
+    import signal
+
+    from recsys.jobs.batch import render, run_batch
+    from recsys.jobs.batch_store import safe_url
+
+    options = BatchOptions(k=args.k, db_url=args.db, user_ids=args.user_ids, users_file=args.users_file,
+                           chunk_size=args.chunk_size, resume=args.resume, keep_runs=args.keep_runs,
+                           pause_s=args.pause, progress=config.training.progress and not args.no_progress, workers=args.workers,
+                           filter=args.filter, filter_values=args.filter_values)
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        result = run_batch(config, options)
+    except KeyboardInterrupt:
+        print("recsys batch: interrupted; the run is marked failed and can be continued with --resume "
+              "(see recommendation_runs)", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    print(render(result, safe_url(options.db_url)))
+    return 0
+
+
+def _interrupt(*_) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if not args.verbose:
@@ -374,16 +427,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "catalog":
             return _catalog(config, args)
         if args.command == "batch":
-            from recsys.batch import main as batch_main
-
-            return batch_main(config, args)
+            return _batch(config, args)
         if args.command == "status":
             from recsys.status import render, status
 
             checks = status(config)
             print(render(checks, as_json=args.json))
             return 0 if all(check.ok for check in checks) else 1
-        from recsys import stack
+        from recsys.jobs import stack
 
         if args.command == "demo":
             from recsys.demo import run_demo

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import json
+import re
 import time
+import urllib.request
 from collections.abc import Sequence
 
 import numpy as np
@@ -223,3 +225,11 @@ def _filter_inputs(expression: str | None, values: dict | str | None) -> dict[st
     if values is not None:
         inputs["filter_values"] = values if isinstance(values, str) else json.dumps(values)
     return inputs
+
+
+def stage_seconds(metrics_url: str) -> dict[str, float]:
+    """Cumulative per-stage seconds from Triton's metrics endpoint (our custom counters)."""
+    with urllib.request.urlopen(metrics_url, timeout=5) as response:
+        text = response.read().decode()
+    pattern = re.compile(r'^recsys_stage_seconds_total\{stage="([^"]+)"\} ([0-9.eE+-]+)$', re.M)
+    return {stage: float(value) for stage, value in pattern.findall(text)}

@@ -3,17 +3,17 @@ HTTP and gRPC, and print recommendations, latency and per-stage timings."""
 from __future__ import annotations
 
 import json
-import re
 import time
-import urllib.request
 
 import numpy as np
 import pandas as pd
 
-from recsys import stack
-from recsys.client import RecommenderClient
-from core.config import Config
 from core.artifacts import Artifacts
+from core.config import Config
+from recsys.client import RecommenderClient, stage_seconds
+from recsys.jobs import stack
+from recsys.jobs.evaluation import most_popular, seen_lists
+from training.metrics import ranking_metrics
 
 DATA_NAMES = {"synthetic": "a synthetic YOOCHOOSE-format click log",
               "movielens": "MovieLens-100K (from the recbole wheel)",
@@ -22,14 +22,6 @@ DATA_NAMES = {"synthetic": "a synthetic YOOCHOOSE-format click log",
 
 def _say(message: str = "") -> None:
     print(message, flush=True)
-
-
-def stage_seconds(metrics_url: str) -> dict[str, float]:
-    """Cumulative per-stage seconds from Triton's metrics endpoint (our custom counters)."""
-    with urllib.request.urlopen(metrics_url, timeout=5) as response:
-        text = response.read().decode()
-    pattern = re.compile(r'^recsys_stage_seconds_total\{stage="([^"]+)"\} ([0-9.eE+-]+)$', re.M)
-    return {stage: float(value) for stage, value in pattern.findall(text)}
 
 
 def measure_latency(client: RecommenderClient, user_ids: np.ndarray, batch: int, n: int) -> np.ndarray:
@@ -49,9 +41,6 @@ def served_quality(client: RecommenderClient, train: pd.DataFrame, test: pd.Data
     """NDCG@k and HitRate@k of the cascade answered by Triton for the users of ``test`` (their
     held-out items are the relevant ones), next to the most-popular list (seen items excluded
     in both)."""
-    from recsys.evaluation import most_popular, seen_lists
-    from training.metrics import ranking_metrics
-
     users = np.sort(test["user_id"].unique())
     served = np.concatenate([client.recommend(users[s:s + batch])["item_ids"][:, :k]
                              for s in range(0, len(users), batch)])

@@ -13,6 +13,9 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 
 from core.config import Config
+from recsys.runtime.supervisor import read_state, state_path
+from vector_index.client import MilvusUnavailable, connect, quiet_pymilvus
+from vector_index.collections import aliased_collection
 
 
 @dataclass
@@ -55,9 +58,6 @@ def triton_checks(config: Config, timeout_s: float = 3.0) -> list[Check]:
 
 def milvus_checks(config: Config, timeout_s: float = 3.0) -> list[Check]:
     """Reachable, collection exists and is loaded, with its row count."""
-    from vector_index.client import MilvusUnavailable, connect, quiet_pymilvus
-    from vector_index.collections import aliased_collection
-
     cfg = config.milvus
     try:
         with quiet_pymilvus():  # its error lines duplicate ours
@@ -103,8 +103,6 @@ def feast_checks(config: Config) -> list[Check]:
 def supervisor_checks(config: Config) -> list[Check]:
     """Restarts of the servers of a running ``recsys serve`` (none without one): a server
     that was restarted is fine once it runs again; one being restarted, or given up on, is not."""
-    from recsys.supervisor import read_state, state_path
-
     state = read_state(state_path(config))
     if state is None:
         return []

@@ -22,7 +22,7 @@ import pandas as pd
 import pytest
 
 from core.config import PROJECT_ROOT, Config, load_config
-from recsys.servers import free_port
+from recsys.runtime.servers import free_port
 
 USER_OFFSET, ITEM_OFFSET = 900_000, 500_000
 COLD_USERS = [990_001, 990_002, 990_003]
@@ -104,7 +104,7 @@ def trained_config(tmp_path_factory) -> Config:
 @pytest.fixture(scope="session")
 def serving_stack(trained_config):
     """Feast applied + materialized, model repository exported, real Milvus and Triton up."""
-    from recsys import stack
+    from recsys.jobs import stack
 
     stack.load_features(trained_config)
     stack.export(trained_config)

@@ -20,11 +20,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recsys.batch import BatchOptions, render, run_batch
-from recsys.batch_store import COMPLETE, RUNNING, BatchStore
-from recsys.cli import main
-from recsys.servers import free_port
 from core.artifacts import Artifacts
+from recsys.cli import main
+from recsys.jobs.batch import BatchOptions, render, run_batch
+from recsys.jobs.batch_store import COMPLETE, RUNNING, BatchStore
+from recsys.runtime.servers import free_port
 
 pytestmark = pytest.mark.integration
 

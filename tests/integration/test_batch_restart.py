@@ -14,9 +14,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recsys.batch import BatchOptions, run_batch
-from recsys.batch_store import COMPLETE, RUNNING, BatchStore
 from core.artifacts import Artifacts
+from recsys.jobs.batch import BatchOptions, run_batch
+from recsys.jobs.batch_store import COMPLETE, RUNNING, BatchStore
 
 pytestmark = pytest.mark.integration
 

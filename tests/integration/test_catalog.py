@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recsys.catalog import Catalog, CatalogError
 from core.artifacts import Artifacts
+from recsys.jobs.catalog import Catalog, CatalogError
 
 pytestmark = pytest.mark.integration
 

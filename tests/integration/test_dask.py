@@ -9,11 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recsys.batch import BatchOptions, run_batch
-from recsys.batch_store import BatchStore
+from core.artifacts import Artifacts
+from recsys.jobs.batch import BatchOptions, run_batch
+from recsys.jobs.batch_store import BatchStore
 from training import workflows as wf
 from training.features import Features
-from core.artifacts import Artifacts
 
 pytestmark = pytest.mark.integration
 
@@ -85,7 +85,7 @@ def exact_search_config(serving_stack):
     """The stack's configuration on a FLAT (exact search) copy of the item collection: two
     executions of the cascade are compared to 1e-6, so retrieval must not depend on Milvus'
     internal state between them (approximate indexes, segments, first-search effects)."""
-    from recsys.stack import build_index
+    from recsys.jobs.stack import build_index
 
     config = serving_stack[0]
     exact = dataclasses.replace(config, milvus=dataclasses.replace(

@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recsys.batch import BatchOptions, run_batch
-from recsys.batch_store import BatchStore
 from recsys.client import RecommendError
+from recsys.jobs.batch import BatchOptions, run_batch
+from recsys.jobs.batch_store import BatchStore
 
 pytestmark = pytest.mark.integration
 

@@ -23,8 +23,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from recsys.client import RecommendError, RecommenderClient
 from core.artifacts import Artifacts
+from recsys.client import RecommendError, RecommenderClient
 
 pytestmark = pytest.mark.integration
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from recsys.servers import TRITON_ADMIN_HEADER, TRITON_GRPC_ADMIN_HEADER
+from recsys.runtime.servers import TRITON_ADMIN_HEADER, TRITON_GRPC_ADMIN_HEADER
 
 pytestmark = pytest.mark.integration
 
@@ -156,7 +156,7 @@ def test_status_reports_every_part_and_fails_when_one_is_down(serving_stack, tmp
                for name, c in checks.items())
     assert "Traceback" not in stderr
 
-    from recsys.servers import free_port
+    from recsys.runtime.servers import free_port
 
     _write_config(tmp_path / "no-milvus.toml", config, free_port())
     code, report, _ = _status(tmp_path / "no-milvus.toml")

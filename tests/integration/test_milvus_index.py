@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 from merlin.table import TensorTable
 
+from core.artifacts import Artifacts
 from operators.query_milvus import QueryMilvus
 from vector_index.collections import build_item_index
-from core.artifacts import Artifacts
 
 pytestmark = pytest.mark.integration
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from recsys import stack
-from recsys.batch import BatchOptions, run_batch
-from recsys.batch_store import BatchStore
 from core.artifacts import Artifacts
+from recsys.jobs import stack
+from recsys.jobs.batch import BatchOptions, run_batch
+from recsys.jobs.batch_store import BatchStore
 
 pytestmark = pytest.mark.integration
 

@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 import tensorflow as tf
 
-from training import workflows as wf
 from core.artifacts import Artifacts
+from training import workflows as wf
 
 pytestmark = pytest.mark.integration
 
@@ -105,7 +105,7 @@ def _ndcg(recommended: np.ndarray, user_ids, truth: dict, k: int) -> float:
 
 
 def test_evaluation_of_the_served_ensemble_matches_an_independent_computation(serving_stack):
-    from recsys.evaluation import evaluate
+    from recsys.jobs.evaluation import evaluate
 
     config = serving_stack[0]
     artifacts = Artifacts.of(config)

@@ -18,9 +18,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recsys.client import RecommenderClient, TritonUnreachable
-from recsys.servers import ManagedProcess, TritonProcess, free_port, running
 from core.artifacts import Artifacts
+from recsys.client import RecommenderClient, TritonUnreachable
+from recsys.runtime.servers import ManagedProcess, TritonProcess, free_port, running
 
 pytestmark = pytest.mark.integration
 
@@ -89,7 +89,7 @@ def redis_replica(serving_stack, redis_server, tmp_path_factory):
     """The Feast repo applied and materialized into Redis through ``feature_store.redis.yaml``,
     and a second Triton serving the session's model repository with its Feast reads switched
     to Redis by configuration (``RECSYS_FEATURE_STORE_YAML``), not by re-exporting."""
-    from recsys import featurestore
+    from recsys.jobs import featurestore
 
     config, _, first = serving_stack
     with pytest.MonkeyPatch.context() as patch:

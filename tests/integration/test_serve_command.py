@@ -10,8 +10,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from recsys.client import RecommenderClient
 from core.artifacts import Artifacts
+from recsys.client import RecommenderClient
 
 pytestmark = pytest.mark.integration
 

@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 
 from benchmarks.serve import compare_stock, load, measure_stock
-from recsys.servers import free_port
 from core.artifacts import Artifacts
+from recsys.runtime.servers import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.integration
 def test_stock_graph_is_served_and_compared_with_ours(serving_stack, catalogue, tmp_path):
     from benchmarks.stock_graph import STOCK_MODEL_NAME, export_stock_model
     from recsys.client import RecommenderClient
-    from recsys.servers import TritonProcess, running
+    from recsys.runtime.servers import TritonProcess, running
 
     config, _, triton = serving_stack
     users, items, _ = catalogue

@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from recsys import batch
-from recsys.batch_store import (COMPLETE, FAILED, RUNNING, BatchStore, BatchStoreError, chunk_rows,
-                                current_recommendations, safe_url, utcnow)
 from recsys.cli import main
+from recsys.jobs import batch, batch_users
+from recsys.jobs.batch_store import (COMPLETE, FAILED, RUNNING, BatchStore, BatchStoreError, chunk_rows,
+                                     current_recommendations, safe_url, utcnow)
 
 SOURCES = np.array(["personalized", "features", "popular"], dtype=object)
 
@@ -175,7 +175,7 @@ def test_bad_urls_are_refused_clearly(url, message):
 
 
 def test_unreachable_postgresql_is_reported_without_its_password():
-    from recsys.servers import free_port
+    from recsys.runtime.servers import free_port
 
     url = f"postgresql://me:s3cret@127.0.0.1:{free_port()}/recs"
     with pytest.raises(BatchStoreError, match="cannot connect to the database") as error:
@@ -186,27 +186,27 @@ def test_unreachable_postgresql_is_reported_without_its_password():
 
 def test_users_files(tmp_path):
     (tmp_path / "ids.txt").write_text("# users\n3\n1\n\n3\n-5\n")
-    assert batch.read_user_ids(tmp_path / "ids.txt").tolist() == [3, 1, 3, -5]
-    assert batch.unique_in_order([3, 1, 3, -5]).tolist() == [3, 1, -5]
+    assert batch_users.read_user_ids(tmp_path / "ids.txt").tolist() == [3, 1, 3, -5]
+    assert batch_users.unique_in_order([3, 1, 3, -5]).tolist() == [3, 1, -5]
     pd.DataFrame({"user_id": [4, 2], "x": ["a", "b"]}).to_csv(tmp_path / "u.csv", index=False)
     pd.DataFrame({"user_id": [4, 2]}).to_csv(tmp_path / "u.tsv", sep="\t", index=False)
     pd.DataFrame({"user_id": [9, 8]}).to_parquet(tmp_path / "u.parquet")
-    assert batch.read_user_ids(tmp_path / "u.csv").tolist() == [4, 2]
-    assert batch.read_user_ids(tmp_path / "u.tsv").tolist() == [4, 2]
-    assert batch.read_user_ids(tmp_path / "u.parquet").tolist() == [9, 8]
+    assert batch_users.read_user_ids(tmp_path / "u.csv").tolist() == [4, 2]
+    assert batch_users.read_user_ids(tmp_path / "u.tsv").tolist() == [4, 2]
+    assert batch_users.read_user_ids(tmp_path / "u.parquet").tolist() == [9, 8]
     (tmp_path / "bad.txt").write_text("1\ntwo\n")
     with pytest.raises(ValueError, match=r"bad.txt, line 2: 'two' is not an integer"):
-        batch.read_user_ids(tmp_path / "bad.txt")
+        batch_users.read_user_ids(tmp_path / "bad.txt")
     pd.DataFrame({"id": [1]}).to_csv(tmp_path / "nocol.csv", index=False)
     with pytest.raises(ValueError, match="no user_id column"):
-        batch.read_user_ids(tmp_path / "nocol.csv")
+        batch_users.read_user_ids(tmp_path / "nocol.csv")
     with pytest.raises(FileNotFoundError, match="users file not found"):
-        batch.read_user_ids(tmp_path / "missing.txt")
+        batch_users.read_user_ids(tmp_path / "missing.txt")
 
 
 def test_model_version_follows_content(tmp_path):
-    from core.config import load_config
     from core.artifacts import Artifacts
+    from core.config import load_config
 
     config = load_config(base={}, overrides={"workdir": str(tmp_path)}, environ={})
     artifacts = Artifacts.of(config)
@@ -235,7 +235,7 @@ def test_model_version_follows_content(tmp_path):
     (["batch", "--db", "sqlite:///{tmp}/recs.db", "--workers", "0"], "--workers must be >= 1"),
 ])
 def test_batch_mistakes_are_reported_in_one_line(argv, message, tmp_path, capsys):
-    from recsys.servers import free_port
+    from recsys.runtime.servers import free_port
 
     argv = [a.replace("{tmp}", str(tmp_path)).replace("{port}", str(free_port())) for a in argv]
     code = main(argv + ["--workdir", str(tmp_path / "empty"), "--no-progress"])

@@ -60,7 +60,7 @@ def test_every_common_option_works_before_and_after_the_command(command, before,
 
 @pytest.mark.parametrize("command", ["build", "train"])
 def test_build_and_train_are_production_builds(command, monkeypatch, tmp_path, capsys):
-    from recsys import stack
+    from recsys.jobs import stack
 
     calls = []
     monkeypatch.setattr(stack, "train", lambda config, production=False: calls.append(production))

@@ -18,7 +18,7 @@ import types
 import pytest
 import yaml
 
-from core.config import _ENV_OVERRIDES, PROJECT_ROOT, TritonConfig, load_config
+from core.config import PROJECT_ROOT, _ENV_OVERRIDES, TritonConfig, load_config
 
 TOOLS = PROJECT_ROOT / ".venv-tools"
 DOCKER = PROJECT_ROOT / "docker"

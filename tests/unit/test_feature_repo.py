@@ -33,7 +33,7 @@ def test_load_features_repairs_an_online_store_that_lost_its_tables(tmp_path):
     import pandas as pd
 
     from core.config import load_config
-    from recsys.featurestore import apply_and_materialize, views_not_online
+    from recsys.jobs.featurestore import apply_and_materialize, views_not_online
 
     repo = tmp_path / "feature_repo"
     (repo / "data").mkdir(parents=True)
@@ -57,7 +57,7 @@ def test_load_features_repairs_an_online_store_that_lost_its_tables(tmp_path):
 
 
 def test_materialization_bars_reach_the_terminal_and_warnings_do_not(capfd):
-    from recsys.featurestore import run_showing_bars
+    from recsys.jobs.featurestore import run_showing_bars
 
     script = ("import sys, time\n"
               "sys.stderr.write('FutureWarning: something deprecated\\n')\n"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 
-from recsys.servers import _ephemeral_low, free_port
+from recsys.runtime.servers import _ephemeral_low, free_port
 
 
 def test_free_ports_are_distinct_bindable_and_below_the_ephemeral_range():

@@ -11,8 +11,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from recsys.http_guard import GuardHandler, GuardServer, Refused, check_infer_request
-from recsys.servers import free_port
+from recsys.runtime.http_guard import GuardHandler, GuardServer, Refused, check_infer_request
+from recsys.runtime.servers import free_port
 
 
 def _body(shape, data=(1,), **extra):

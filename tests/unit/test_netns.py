@@ -6,11 +6,11 @@ import subprocess
 import sys
 import textwrap
 
-from recsys.servers import free_port
+from recsys.runtime.servers import free_port
 
 CHILD = textwrap.dedent("""
     import socket, sys, threading
-    from recsys.netns import Bridge, enter_private_network
+    from recsys.runtime.netns import Bridge, enter_private_network
 
     outer_port, inner_port = int(sys.argv[1]), int(sys.argv[2])
     listener = socket.create_server(("127.0.0.1", outer_port))

@@ -279,8 +279,8 @@ def test_unreadable_store_serves_missing_rows_counts_logs_and_recovers(cache_ttl
 
 
 def test_query_milvus_caps_search_limit_at_the_index_types_limit():
-    from operators.query_milvus import QueryMilvus
     from core.config import load_config
+    from operators.query_milvus import QueryMilvus
 
     class _Client:
         def __init__(self):
@@ -306,8 +306,8 @@ def test_query_milvus_caps_search_limit_at_the_index_types_limit():
 def test_after_a_reconnect_milvus_is_warmed_up_in_the_background_never_failing_a_request(monkeypatch, caplog):
     import threading
 
-    from operators import query_milvus as milvus
     from core.config import MilvusConfig
+    from operators import query_milvus as milvus
 
     class Client:
         def load_collection(self, *args, **kwargs):

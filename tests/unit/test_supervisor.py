@@ -9,9 +9,9 @@ import sys
 import pytest
 
 from core.config import SupervisorConfig, load_config
-from recsys.servers import ManagedProcess, ServerError
+from recsys.runtime.servers import ManagedProcess, ServerError
+from recsys.runtime.supervisor import Supervisor, describe_exit, read_state, state_path
 from recsys.status import supervisor_checks
-from recsys.supervisor import Supervisor, describe_exit, read_state, state_path
 
 
 class Clock:

@@ -1,4 +1,4 @@
-"""A checking front for Triton's HTTP endpoint: ``python -m recsys.http_guard``.
+"""A checking front for Triton's HTTP endpoint: ``python -m recsys.runtime.http_guard``.
 
 ``tritonserver`` 2.51 (the binary on PyPI) sizes an input's buffer from the ``shape`` a KServe
 v2 JSON request declares before it reads ``data``: ``"shape": [1000000000000]`` in a 90-byte
@@ -213,7 +213,7 @@ class GuardServer(ThreadingHTTPServer):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m recsys.http_guard", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m recsys.runtime.http_guard", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--listen", required=True, help="host:port to serve clients on")
     parser.add_argument("--upstream", required=True, help="host:port of Triton's HTTP endpoint")

@@ -23,9 +23,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from core.config import Config
-from training import metrics
 from core.artifacts import Artifacts
+from core.config import Config
+from ensemble.export import write_ensemble
+from ensemble.runner import Recommender
+from operators.query_milvus import QueryMilvus
+from training import metrics
 
 LOG = logging.getLogger(__name__)
 SYSTEMS = ("most_popular", "two_tower_exact", "two_tower_milvus", "cascade")
@@ -85,8 +88,6 @@ def milvus_search(config: Config, ensemble_dir: Path, vectors: np.ndarray, seen:
                   k: int) -> np.ndarray:
     from merlin.table import TensorTable
 
-    from operators.query_milvus import QueryMilvus
-
     op = QueryMilvus(top_k=k, exclude_column="history")
     op.load_artifacts(str(ensemble_dir))
     out = []
@@ -100,15 +101,11 @@ def milvus_search(config: Config, ensemble_dir: Path, vectors: np.ndarray, seen:
 
 def export_evaluation_ensemble(config: Config, artifacts: Artifacts, top_k: int) -> Path:
     """The serving ensemble with ``top_k`` outputs, written under the workdir."""
-    from ensemble.export import write_ensemble
-
     config = replace(config, serving=replace(config.serving, top_k=top_k))
     return write_ensemble(config, artifacts, config.workdir / "evaluation" / "ensemble")
 
 
 def cascade(ensemble_dir: Path, user_ids: np.ndarray, batch: int = 256) -> tuple[np.ndarray, dict]:
-    from ensemble.runner import Recommender
-
     recommender = Recommender.load(ensemble_dir)
     out, sources = [], []
     for start in range(0, len(user_ids), batch):

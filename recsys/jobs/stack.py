@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 from contextlib import contextmanager
 
-
-from recsys import featurestore
-from core.config import Config
-from recsys.servers import MilvusProcess, TritonProcess, running
 from core.artifacts import Artifacts
+from core.config import Config
+from recsys.jobs import featurestore
+from recsys.jobs.catalog import Catalog
+from recsys.runtime.servers import MilvusProcess, TritonProcess, running
+from vector_index.client import connect
 
 LOG = logging.getLogger(__name__)
 
@@ -29,8 +30,6 @@ def load_features(config: Config) -> None:
 
 def build_index(config: Config) -> int:
     """Load the trained item vectors into Milvus (``config.milvus.uri``)."""
-    from recsys.catalog import Catalog
-
     return Catalog(config).rebuild()
 
 
@@ -73,8 +72,6 @@ def local_milvus(config: Config, reindex: bool = False):
 
 
 def _collection_exists(config: Config) -> bool:
-    from vector_index.client import connect
-
     client = connect(config.milvus)
     try:
         return bool(client.has_collection(config.milvus.collection))

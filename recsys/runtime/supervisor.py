@@ -3,7 +3,7 @@
 A single malformed HTTP request can abort ``tritonserver`` 2.51 (README, Security); the
 supervisor restarts it with a backoff, leaves the other servers running, logs every exit with
 its status, and records what happened in a state file that ``recsys status`` reads. Past
-``max_restarts`` exits within ``window_s`` it gives up (:class:`~recsys.servers.ServerError`),
+``max_restarts`` exits within ``window_s`` it gives up (:class:`~recsys.runtime.servers.ServerError`),
 so that a restart loop ends in an outer supervisor (systemd, Kubernetes), not in silence.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from core.config import Config, SupervisorConfig
-from recsys.servers import ManagedProcess, ServerError
+from recsys.runtime.servers import ManagedProcess, ServerError
 
 KEPT_EXITS = 20  # exits remembered per server in the state file
 

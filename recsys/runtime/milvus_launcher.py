@@ -1,12 +1,12 @@
 """Run the embedded Milvus standalone server (PyPI ``milvus``) in the foreground.
 
-``python -m recsys.milvus_launcher --data DIR --port 19530`` starts it, prints ``READY <port>``
+``python -m recsys.runtime.milvus_launcher --data DIR --port 19530`` starts it, prints ``READY <port>``
 once its health check passes, and stops it (and its ``milvus`` child) on SIGINT/SIGTERM.
 Unlike ``milvus-server``, only the client port is fixed; the internal ports are picked free, so
 several instances (demo, tests) can run side by side.
 
 With ``--private-network`` (what the project uses by default) Milvus runs in a network
-namespace of its own (:mod:`recsys.netns`): every port it opens exists only there, and the one
+namespace of its own (:mod:`recsys.runtime.netns`): every port it opens exists only there, and the one
 client port is forwarded from ``--host:--port`` of the machine. Without it, Milvus 2.3 listens
 on every interface.
 """
@@ -19,7 +19,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from recsys.servers import StopRequest, free_port
+from recsys.runtime.netns import Bridge, IsolationError, enter_private_network
+from recsys.runtime.servers import StopRequest, free_port
 
 GRACEFUL_STOP_S = 10.0
 # A stopped (or killed) server's etcd sessions must expire before the next start completes.
@@ -55,8 +56,6 @@ def main(argv: list[str] | None = None) -> int:
 
     bridge = None
     if args.private_network:
-        from recsys.netns import Bridge, IsolationError, enter_private_network
-
         # Bound before the move: this socket stays in the machine's namespace.
         listener = socket.create_server((args.host, args.port))
         try:

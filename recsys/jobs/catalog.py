@@ -20,10 +20,12 @@ import time
 import numpy as np
 import pandas as pd
 
+from core.artifacts import Artifacts
+from core.config import Config
+from training.feast_source import feast_frame
+from training.features import Features
 from vector_index.client import ID_FIELD, MilvusUnavailable, connect, rpc_timeout
 from vector_index.collections import aliased_collection, build_item_index, item_rows
-from core.config import Config
-from core.artifacts import Artifacts
 
 ITEM_VIEW = "item_features"
 
@@ -160,9 +162,6 @@ class Catalog:
         return items
 
     def _write_features(self, items: pd.DataFrame) -> None:
-        from training.feast_source import feast_frame
-        from training.features import Features
-
         spec = json.loads(self.artifacts.features.read_text())["item"]
         frame = feast_frame(items, Features(**spec))
         frame["event_timestamp"] = pd.Timestamp.now(tz="UTC").floor("s")

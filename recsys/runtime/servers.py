@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from core.config import Config
-
+from vector_index.client import quiet_pymilvus
 
 MILVUS_DEFAULT_ROOT = "root:Milvus"  # what a new Milvus with authentication accepts
 TRITON_ADMIN_HEADER = "recsys-admin-key"
@@ -199,7 +199,7 @@ class MilvusProcess(ManagedProcess):
         cfg = config.milvus
         self.host, self.port = cfg.host, cfg.port
         data_dir = config.milvus_data_dir
-        command = [sys.executable, "-m", "recsys.milvus_launcher", "--data", str(data_dir),
+        command = [sys.executable, "-m", "recsys.runtime.milvus_launcher", "--data", str(data_dir),
                    "--port", str(cfg.port), "--host", cfg.host]
         command += ["--private-network"] if cfg.private_network else []
         command += ["--auth"] if cfg.auth else []
@@ -231,8 +231,6 @@ class MilvusProcess(ManagedProcess):
 
     def _answers(self, token: str) -> bool:
         from pymilvus import MilvusClient
-
-        from vector_index.client import quiet_pymilvus
 
         try:
             with quiet_pymilvus():
@@ -341,14 +339,14 @@ class TritonProcess(ManagedProcess):
 
 
 class HttpGuardProcess(ManagedProcess):
-    """The checking front of Triton's HTTP endpoint (:mod:`recsys.http_guard`) on
+    """The checking front of Triton's HTTP endpoint (:mod:`recsys.runtime.http_guard`) on
     ``triton.host:http_port``, forwarding to ``upstream``."""
 
     startup_timeout_s = 30.0
 
     def __init__(self, cfg, upstream: str, log_path: Path):
         self.listen = f"{cfg.host}:{cfg.http_port}"
-        command = [sys.executable, "-m", "recsys.http_guard", "--listen", self.listen,
+        command = [sys.executable, "-m", "recsys.runtime.http_guard", "--listen", self.listen,
                    "--upstream", upstream, "--max-body-bytes", str(cfg.max_request_bytes),
                    "--upstream-wait", str(cfg.http_guard_wait_s)]
         super().__init__("http-guard", command, log_path)
