@@ -34,7 +34,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from core.artifacts import Artifacts
 from core.config import load_config
+from recsys.jobs.evaluation import user_vectors as tower_vectors
 from recsys.runtime.servers import MilvusProcess, free_port, running
 from vector_index.client import connect, search_arrays
 from vector_index.collections import aliased_collection, build_item_index
@@ -103,9 +105,6 @@ def scenarios(args) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         centres = rng.normal(size=(args.centres, args.dim)).astype(np.float32)
         return {f"synthetic-{args.synthetic}": (clustered_vectors(args.synthetic, rng, centres, args.noise),
                                                 clustered_vectors(args.nq, rng, centres, args.noise))}
-    from core.artifacts import Artifacts
-    from recsys.jobs.evaluation import user_vectors as tower_vectors
-
     artifacts = Artifacts(Path(args.workdir))
     items = np.stack(pd.read_parquet(artifacts.item_vectors)["embedding"].to_numpy()).astype(np.float32)
     users = pd.read_parquet(artifacts.users, columns=["user_id"])

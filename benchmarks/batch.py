@@ -30,7 +30,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from core.artifacts import Artifacts
 from core.config import PROJECT_ROOT, load_config
+from recsys.jobs import stack
+from recsys.jobs.batch import BatchOptions, run_batch
+from recsys.jobs.batch_users import training_users
 from recsys.runtime.servers import free_port
 
 
@@ -53,8 +57,6 @@ def bench_config(workdir: Path, items: int, sessions: int, port: int):
 
 def build(config) -> float:
     """Train on the synthetic click log and load Feast; returns seconds."""
-    from recsys.jobs import stack
-
     started = time.perf_counter()
     stack.train(config)
     stack.load_features(config)
@@ -76,11 +78,6 @@ def main() -> None:
     parser.add_argument("--skip-build", action="store_true", help="reuse the trained workdir")
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-    from core.artifacts import Artifacts
-    from recsys.jobs import stack
-    from recsys.jobs.batch import BatchOptions, run_batch
-    from recsys.jobs.batch_users import training_users
 
     workdir = Path(args.workdir).resolve()
     config = bench_config(workdir, args.items, args.sessions, free_port())

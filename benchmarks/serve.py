@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from benchmarks.stock_graph import STOCK_MODEL_NAME, export_stock_model
 from core.artifacts import Artifacts
 from core.config import load_config
 from recsys.client import RecommenderClient, stage_seconds
@@ -112,8 +113,6 @@ def _report(row: dict) -> dict:
 def measure_stock(config, users: np.ndarray, concurrencies: list[int], requests: int) -> list[dict]:
     """Export the stock-operator graph to its own model repository, serve it on a fresh
     Triton (ours is stopped: one server at a time on the machine) and measure single users."""
-    from benchmarks.stock_graph import STOCK_MODEL_NAME, export_stock_model
-
     repository = export_stock_model(config, Artifacts.of(config), config.workdir / "stock_model_repository")
     stock = dataclasses.replace(config, serving=dataclasses.replace(config.serving, model_name=STOCK_MODEL_NAME))
     triton = TritonProcess(stock, repository)

@@ -20,7 +20,11 @@ import time
 import numpy as np
 import pandas as pd
 
+from core.artifacts import Artifacts
+from core.config import load_config
 from recsys.client import RecommenderClient
+from recsys.jobs import stack
+from recsys.runtime.servers import free_port
 
 BATCH_SIZES = (1, 32)
 
@@ -114,11 +118,6 @@ def render(report: dict) -> str:
 
 
 def main(argv=None) -> int:
-    from core.artifacts import Artifacts
-    from core.config import load_config
-    from recsys.jobs import stack
-    from recsys.runtime.servers import free_port
-
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", default="artifacts")
     parser.add_argument("--clients", type=int, default=16)

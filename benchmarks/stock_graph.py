@@ -36,6 +36,12 @@ from merlin.table import TensorTable
 
 from core.artifacts import Artifacts
 from core.config import Config
+from core.contract import RECOMMENDER
+from ensemble.graph import feast_features, request_schema
+from operators.query_milvus import QueryMilvus
+from operators.settings import write_serving_config
+from operators.tensorflow import PredictSavedModel
+from training.features import HISTORY
 
 STOCK_MODEL_NAME = "stock_recommender"
 _FEAST_DTYPES = {"string": (np.dtype(object), False), "float32": (np.float32, False),
@@ -124,12 +130,6 @@ def build_stock_ensemble(config: Config, artifacts: Artifacts):
     from merlin.systems.dag.ops.softmax_sampling import SoftmaxSampling
     from merlin.systems.dag.ops.workflow import TransformWorkflow
 
-    from core.contract import RECOMMENDER
-    from ensemble.graph import feast_features, request_schema
-    from operators.query_milvus import QueryMilvus
-    from operators.tensorflow import PredictSavedModel
-    from training.features import HISTORY
-
     serving = config.serving
     views = feast_features(config)
     popular = pd.read_parquet(artifacts.popular_items)
@@ -162,8 +162,6 @@ def export_stock_model(config: Config, artifacts: Artifacts, repository: Path,
     """Write the stock graph as the Triton model ``name`` in ``repository`` (replacing it) with
     Merlin's ``TritonExecutorRuntime`` (empty op table: one in-process ``executor_model``)."""
     from merlin.systems.dag.runtimes.triton import TritonExecutorRuntime
-
-    from operators.settings import write_serving_config
 
     class InProcessRuntime(TritonExecutorRuntime):
         def __init__(self):

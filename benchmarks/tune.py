@@ -19,6 +19,8 @@ from pathlib import Path
 import pandas as pd
 
 from core.config import load_config
+from training import pipeline, tables, tuning
+from training import workflows as wf
 
 DEFAULT_VARIANTS = [
     {},
@@ -31,9 +33,6 @@ DEFAULT_VARIANTS = [
 
 
 def validate(config) -> dict:
-    from training import pipeline, tables, tuning
-    from training import workflows as wf
-
     data, train, _ = pipeline.load_data(config)
     user_features, item_features = tables.side_features(data)
     users = pipeline.features.user_table(train, data.users, config.training.max_history)

@@ -21,7 +21,9 @@ from merlin.dag import BaseOperator, ColumnSelector, DataFormats
 from merlin.schema import ColumnSchema, Schema
 from merlin.table import TensorTable
 
+from core.contract import RECOMMENDER, SIMILAR_ITEMS
 from core.scoring import blend_scores
+from operators.schemas import contract_schema
 
 MISSING_ID = -1
 
@@ -175,12 +177,7 @@ class PopularFallback(BaseOperator):
 
     def compute_output_schema(self, input_schema: Schema, col_selector: ColumnSelector,
                               prev_output_schema: Schema = None) -> Schema:
-        dims = (None, self.top_k)
-        return Schema([ColumnSchema("item_ids", dtype=np.int64, dims=dims),
-                       ColumnSchema("scores", dtype=np.float32, dims=dims),
-                       ColumnSchema("fallback", dtype=np.bool_, dims=(None,)),
-                       ColumnSchema("source", dtype=np.dtype("O"), dims=(None,)),
-                       ColumnSchema("filled", dtype=np.int32, dims=(None,))])
+        return contract_schema(RECOMMENDER, self.top_k)
 
     @property
     def supported_formats(self) -> DataFormats:
@@ -215,7 +212,4 @@ class TopSimilar(PopularFallback):
 
     def compute_output_schema(self, input_schema: Schema, col_selector: ColumnSelector,
                               prev_output_schema: Schema = None) -> Schema:
-        dims = (None, self.top_k)
-        return Schema([ColumnSchema("item_ids", dtype=np.int64, dims=dims),
-                       ColumnSchema("scores", dtype=np.float32, dims=dims),
-                       ColumnSchema("found", dtype=np.bool_, dims=(None,))])
+        return contract_schema(SIMILAR_ITEMS, self.top_k)

@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import numpy as np
 from merlin.dag import ColumnSelector
-from merlin.schema import ColumnSchema, Schema
+from merlin.schema import Schema
 from merlin.table import TensorTable
 
+from core.contract import SIMILAR_ITEMS
 from operators.query_milvus import QueryMilvus
+from operators.schemas import contract_schema
 from vector_index.client import ID_FIELD, VECTOR_FIELD, MilvusUnavailable, brief, rpc_timeout, search_limit
 
 
@@ -61,7 +63,4 @@ class SimilarItems(QueryMilvus):
 
     def compute_output_schema(self, input_schema: Schema, col_selector: ColumnSelector,
                               prev_output_schema: Schema = None) -> Schema:
-        dims = (None, self.top_k)
-        return Schema([ColumnSchema("item_ids", dtype=np.int64, dims=dims),
-                       ColumnSchema("scores", dtype=np.float32, dims=dims),
-                       ColumnSchema("found", dtype=np.bool_, dims=(None,))])
+        return contract_schema(SIMILAR_ITEMS, self.top_k)

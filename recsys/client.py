@@ -1,4 +1,4 @@
-"""A small tritonclient wrapper for the ``recommender`` model, over HTTP or gRPC."""
+"""A small tritonclient wrapper for the served models (``recommender``, ``similar_items``), over HTTP or gRPC."""
 from __future__ import annotations
 
 import json

@@ -29,6 +29,7 @@ from ensemble.export import write_ensemble
 from ensemble.runner import Recommender
 from operators.query_milvus import QueryMilvus
 from training import metrics
+from training import workflows as wf
 
 LOG = logging.getLogger(__name__)
 SYSTEMS = ("most_popular", "two_tower_exact", "two_tower_milvus", "cascade")
@@ -54,8 +55,6 @@ def most_popular(train: pd.DataFrame, seen: list[np.ndarray], k: int) -> np.ndar
 def user_vectors(artifacts: Artifacts, user_ids: np.ndarray) -> np.ndarray:
     """The exported user tower applied to the users' encoded features (as training left them)."""
     import tensorflow as tf
-
-    from training import workflows as wf
 
     users = pd.read_parquet(artifacts.users).set_index("user_id").loc[user_ids].reset_index()
     encoded = wf.transform(wf.load_workflow(artifacts.user_workflow), users)

@@ -12,7 +12,6 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -25,66 +24,28 @@ from recsys.cli import main
 from recsys.jobs.batch import BatchOptions, render, run_batch
 from recsys.jobs.batch_store import COMPLETE, RUNNING, BatchStore
 from recsys.runtime.servers import free_port
+from support import alive, apt_install, batch_held_after, settled, stored_lists
 
 pytestmark = pytest.mark.integration
 
 UNKNOWN = [123_456_789, -5]
 
 
-def _served(client, users: np.ndarray, batch: int) -> dict[int, tuple[list, list]]:
-    out = {}
-    for start in range(0, len(users), batch):
-        answer = client.recommend(users[start:start + batch])
-        for row, user in enumerate(users[start:start + batch].tolist()):
-            out[user] = (answer["item_ids"][row].tolist(), np.round(answer["scores"][row], 5).tolist())
-    return out
-
-
-def _wait_until_settled(config, client, timeout_s: float = 60.0) -> None:
-    """Milvus 2.3's HNSW answers the first search of a query vector after a load slightly
-    differently from every repeat of it (measured on the trained vectors: 3-10 of 300 queries
-    differ between the first and second search, none after; not a matter of time or of a
-    warm-up with other vectors), which shifts the per-user standardized scores. Pass every
-    user through Triton until two passes agree, so the comparison is of settled answers."""
-    users = np.sort(pd.read_parquet(Artifacts.of(config).users)["user_id"].to_numpy())
-    previous, deadline = None, time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        current = _served(client, users, config.serving.max_batch_users)
-        if current == previous:
-            return
-        previous = current
-        time.sleep(1)
-    raise AssertionError(f"the served answers did not settle within {timeout_s:.0f}s")
-
-
 @pytest.fixture(scope="module")
 def first_run(serving_stack, clients, tmp_path_factory):
     """A complete batch over every training user with the served K, in SQLite."""
     config = serving_stack[0]
-    _wait_until_settled(config, clients["grpc"])
+    users = np.sort(pd.read_parquet(Artifacts.of(config).users)["user_id"].to_numpy())
+    settled(clients["grpc"], users, config.serving.max_batch_users, details=True, timeout_s=60)
     path = tmp_path_factory.mktemp("batch") / "recs.db"
     result = run_batch(config, BatchOptions(k=config.serving.top_k, db_url=f"sqlite:///{path}",
                                             chunk_size=64, progress=False))
     return config, path, result
 
 
-def _lists(url: str, run_id: str) -> dict[int, tuple[list, list, list]]:
-    """user -> (item ids by rank, scores, sources) of one run."""
-    store = BatchStore(url)
-    out: dict[int, tuple[list, list, list]] = {}
-    for user, rank, item, score, source in store.run_rows(run_id):
-        items, scores, sources = out.setdefault(user, ([], [], []))
-        assert rank == len(items) + 1, f"user {user}: rank {rank} after {len(items)} ranks"
-        items.append(item)
-        scores.append(score)
-        sources.append(source)
-    store.close()
-    return out
-
-
 def test_batch_lists_equal_the_served_answers(first_run, clients):
     config, path, result = first_run
-    lists = _lists(f"sqlite:///{path}", result.run_id)
+    lists = stored_lists(f"sqlite:///{path}", result.run_id)
     users = np.array(sorted(lists))
     client = clients["grpc"]
     for start in range(0, len(users), config.serving.max_batch_users):
@@ -102,7 +63,7 @@ def test_every_user_answered_once_with_ranks_1_to_k(first_run, catalogue, cold_u
     k = config.serving.top_k
     training_users = set(pd.read_parquet(Artifacts.of(config).users)["user_id"].tolist())
     _, items, _ = catalogue
-    lists = _lists(f"sqlite:///{path}", result.run_id)
+    lists = stored_lists(f"sqlite:///{path}", result.run_id)
     assert set(lists) == training_users
     for user, (ranked, _, sources) in lists.items():
         assert len(ranked) == k and len(set(ranked)) == k and set(ranked) <= items, user
@@ -126,28 +87,11 @@ def test_readers_see_the_previous_run_until_the_new_one_completes(first_run, tmp
     db_path = tmp_path / "recs.db"
     with sqlite3.connect(path) as source, sqlite3.connect(db_path) as copy:
         source.backup(copy)  # a database whose current run is the first one
-    known = sorted(_lists(f"sqlite:///{path}", first.run_id))
+    known = sorted(stored_lists(f"sqlite:///{path}", first.run_id))
     users = known[:40] + UNKNOWN
-    paused, release, results, errors = threading.Event(), threading.Event(), [], []
-
-    def after_chunk(run_id, done, total):
-        if done <= 8:
-            paused.set()
-            release.wait(120)
-
-    def job():
-        try:
-            results.append(run_batch(config, BatchOptions(
-                k=config.serving.top_k, db_url=f"sqlite:///{db_path}", user_ids=users, chunk_size=8,
-                keep_runs=1, progress=False), on_chunk=after_chunk))
-        except BaseException as exc:  # reported by the assertion below
-            errors.append(exc)
-            paused.set()
-
-    thread = threading.Thread(target=job)
-    thread.start()
-    try:
-        assert paused.wait(300) and not errors, errors
+    options = BatchOptions(k=config.serving.top_k, db_url=f"sqlite:///{db_path}", user_ids=users, chunk_size=8,
+                           keep_runs=1, progress=False)
+    with batch_held_after(config, options, users_done=8) as (outcome, _):
         reader = sqlite3.connect(db_path, timeout=5)
         in_view = reader.execute("SELECT DISTINCT run_id FROM current_recommendations").fetchall()
         new_status, new_done = reader.execute(
@@ -157,16 +101,13 @@ def test_readers_see_the_previous_run_until_the_new_one_completes(first_run, tmp
         reader.close()
         assert in_view == [(first.run_id,)]
         assert (new_status, new_done) == (RUNNING, 8)
-        assert [i for (i,) in first_user] == _lists(f"sqlite:///{path}", first.run_id)[known[0]][0]
-    finally:
-        release.set()
-        thread.join(300)
-    assert not errors, errors
-    result = results[0]
+        assert [i for (i,) in first_user] == stored_lists(f"sqlite:///{path}", first.run_id)[known[0]][0]
+    assert "error" not in outcome, outcome.get("error")
+    result = outcome["result"]
     store = BatchStore(f"sqlite:///{db_path}")
     assert store.current_run()["run_id"] == result.run_id
     assert [r["run_id"] for r in store.list_runs()] == [result.run_id]  # keep_runs=1: the first is gone
-    lists = _lists(f"sqlite:///{db_path}", result.run_id)
+    lists = stored_lists(f"sqlite:///{db_path}", result.run_id)
     assert set(lists) == set(users)
     _, _, popular = catalogue
     for user in UNKNOWN:  # answered by the fallback, recorded as such
@@ -240,8 +181,8 @@ def test_a_killed_run_resumes_without_duplicates_or_holes(first_run, tmp_path, c
     resumed = store.get_run(run_id)
     assert resumed["status"] == COMPLETE and resumed["users_done"] == resumed["users_total"]
     assert store.current_run()["run_id"] == run_id
-    before = _lists(f"sqlite:///{path}", first.run_id)
-    after = _lists(url, run_id)  # ranks 1..K checked inside
+    before = stored_lists(f"sqlite:///{path}", first.run_id)
+    after = stored_lists(url, run_id)  # ranks 1..K checked inside
     assert set(after) == set(before) and resumed["rows"] == len(before) * config.serving.top_k
     assert all(after[u][0] == before[u][0] and after[u][2] == before[u][2] for u in before)
     assert not (config.workdir / "batch" / run_id).exists()  # the run's export is cleaned up
@@ -254,17 +195,6 @@ def _pg_bin() -> Path | None:
     return Path(found[-1]).parent if found else None
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except OSError:
-        return False
-
-
 @pytest.fixture(scope="module")
 def postgres():
     """A real PostgreSQL server (Debian's package, installed if missing) on a free loopback
@@ -274,14 +204,7 @@ def postgres():
 
     bindir = _pg_bin()
     if bindir is None:
-        if shutil.which("apt-get") is None:
-            pytest.skip("PostgreSQL is not installed and apt-get is unavailable to install it")
-        install = ["apt-get", "install", "-y", "-q", "postgresql"]
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        if subprocess.run(install, env=env, capture_output=True).returncode != 0:
-            subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True)
-            done = subprocess.run(install, env=env, capture_output=True, text=True)
-            assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+        apt_install("postgresql")
         bindir = _pg_bin()
         assert bindir is not None, "apt-get installed postgresql but no pg_ctl under /usr/lib/postgresql"
     root = Path(tempfile.mkdtemp(prefix="recsys-pg-"))  # not under pytest's root-only tmp
@@ -311,9 +234,9 @@ def postgres():
     finally:
         os.kill(pid, signal.SIGINT)  # fast shutdown
         deadline = time.monotonic() + 60
-        while _alive(pid) and time.monotonic() < deadline:
+        while alive(pid) and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert not _alive(pid), f"PostgreSQL (pid {pid}) did not stop"
+        assert not alive(pid), f"PostgreSQL (pid {pid}) did not stop"
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -323,8 +246,8 @@ def test_postgresql_with_two_workers_stores_the_same_lists_as_sqlite(first_run, 
     # short last chunk: the same lists as the single-process run
     result = run_batch(config, BatchOptions(k=config.serving.top_k, db_url=postgres, chunk_size=50,
                                             progress=False, workers=2))
-    on_pg = _lists(postgres, result.run_id)
-    on_sqlite = _lists(f"sqlite:///{path}", first.run_id)
+    on_pg = stored_lists(postgres, result.run_id)
+    on_sqlite = stored_lists(f"sqlite:///{path}", first.run_id)
     assert set(on_pg) == set(on_sqlite)
     for user, (items, scores, sources) in on_sqlite.items():
         assert on_pg[user][0] == items and on_pg[user][2] == sources, user

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import signal
 import sqlite3
-import threading
 import time
 
 import numpy as np
@@ -17,29 +16,9 @@ import pytest
 from core.artifacts import Artifacts
 from recsys.jobs.batch import BatchOptions, run_batch
 from recsys.jobs.batch_store import COMPLETE, RUNNING, BatchStore
+from support import batch_held_after, settled
 
 pytestmark = pytest.mark.integration
-
-
-def _served(client, users: list[int], batch: int) -> dict[int, list[int]]:
-    out = {}
-    for start in range(0, len(users), batch):
-        answer = client.recommend(users[start:start + batch])
-        for row, user in enumerate(users[start:start + batch]):
-            out[user] = answer["item_ids"][row].tolist()
-    return out
-
-
-def _settled(client, users: list[int], batch: int, timeout_s: float = 90.0) -> dict[int, list[int]]:
-    """Answers once two passes agree (Milvus' first search of a query vector can differ from
-    its repeats; see tests/integration/test_batch.py)."""
-    previous, deadline = None, time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        current = _served(client, users, batch)
-        if current == previous:
-            return current
-        previous = current
-    raise AssertionError(f"the served answers did not settle within {timeout_s:.0f}s")
 
 
 def test_triton_crash_and_restart_under_a_running_batch(serving_stack, clients, tmp_path):
@@ -48,25 +27,9 @@ def test_triton_crash_and_restart_under_a_running_batch(serving_stack, clients, 
     url = f"sqlite:///{tmp_path / 'recs.db'}"
     k = config.serving.top_k
     previous = run_batch(config, BatchOptions(k=k, db_url=url, user_ids=users, chunk_size=32, progress=False))
-    paused, release, results, errors = threading.Event(), threading.Event(), [], []
-
-    def after_chunk(run_id, done, total):
-        if done == 32:  # the first chunk is committed: Triton goes down now
-            paused.set()
-            release.wait(300)
-
-    def job():
-        try:
-            results.append(run_batch(config, BatchOptions(k=k, db_url=url, user_ids=users, chunk_size=32,
-                                                          progress=False), on_chunk=after_chunk))
-        except BaseException as exc:  # reported by the assertions below
-            errors.append(exc)
-            paused.set()
-
-    thread = threading.Thread(target=job)
-    thread.start()
-    try:
-        assert paused.wait(300) and not errors, errors
+    options = BatchOptions(k=k, db_url=url, user_ids=users, chunk_size=32, progress=False)
+    # held once the first chunk is committed: Triton goes down now
+    with batch_held_after(config, options, users_done=32) as (outcome, release):
         pid = triton.pid
         os.killpg(pid, signal.SIGKILL)  # a crash: tritonserver and its Python backend stubs
         deadline = time.monotonic() + 30
@@ -79,11 +42,8 @@ def test_triton_crash_and_restart_under_a_running_batch(serving_stack, clients, 
         release.set()  # the job goes on while Triton is down ...
         triton.stop()  # ... and while it restarts (reaps the crashed process)
         triton.start()
-    finally:
-        release.set()
-        thread.join(600)
-    assert not errors, errors
-    result = results[0]
+    assert "error" not in outcome, outcome.get("error")
+    result = outcome["result"]
     store = BatchStore(url)
     run = store.get_run(result.run_id)
     assert run["status"] == COMPLETE and run["users_done"] == run["users_total"] == len(users)
@@ -99,4 +59,4 @@ def test_triton_crash_and_restart_under_a_running_batch(serving_stack, clients, 
     assert RUNNING not in {r["status"] for r in store.list_runs()}
     store.close()
     # the restarted Triton serves what the batch stored
-    assert _settled(clients["grpc"], users, 32) == lists
+    assert settled(clients["grpc"], users, 32) == lists

@@ -11,7 +11,7 @@ import pytest
 
 from core.artifacts import Artifacts
 from recsys.jobs.batch import BatchOptions, run_batch
-from recsys.jobs.batch_store import BatchStore
+from support import stored_lists
 from training import workflows as wf
 from training.features import Features
 
@@ -66,20 +66,6 @@ def test_workflows_fitted_on_dask_equal_single_process(trained_config, scheduler
                                       pd.read_parquet(tmp_path / "single" / path))
 
 
-def _lists(url: str, run_id: str) -> dict[int, tuple[list, list]]:
-    store = BatchStore(url)
-    out: dict[int, tuple[list, list]] = {}
-    try:
-        for user, rank, item, score, _ in store.run_rows(run_id):
-            items, scores = out.setdefault(user, ([], []))
-            assert rank == len(items) + 1, (user, rank)
-            items.append(item)
-            scores.append(score)
-    finally:
-        store.close()
-    return out
-
-
 @pytest.fixture(scope="module")
 def exact_search_config(serving_stack):
     """The stack's configuration on a FLAT (exact search) copy of the item collection: two
@@ -94,18 +80,18 @@ def exact_search_config(serving_stack):
     return exact
 
 
-def test_batch_on_dask_workers_stores_the_same_lists(exact_search_config, scheduler, tmp_path):
+def test_batch_on_dask_workers_stores_the_samestored_lists(exact_search_config, scheduler, tmp_path):
     config = exact_search_config
     options = dict(k=config.serving.top_k, chunk_size=40, progress=False)
     single = run_batch(config, BatchOptions(db_url=f"sqlite:///{tmp_path / 'single.db'}", **options))
     on_dask = run_batch(dataclasses.replace(config, dask_scheduler=scheduler),
                         BatchOptions(db_url=f"sqlite:///{tmp_path / 'dask.db'}", **options))
 
-    expected = _lists(f"sqlite:///{tmp_path / 'single.db'}", single.run_id)
-    got = _lists(f"sqlite:///{tmp_path / 'dask.db'}", on_dask.run_id)
+    expected = stored_lists(f"sqlite:///{tmp_path / 'single.db'}", single.run_id)
+    got = stored_lists(f"sqlite:///{tmp_path / 'dask.db'}", on_dask.run_id)
     assert on_dask.users_computed == single.users_computed == len(expected) > 40  # several chunks
     assert set(got) == set(expected)  # every user once, none added
-    for user, (items, scores) in expected.items():
+    for user, (items, scores, _) in expected.items():
         assert got[user][0] == items, user
         np.testing.assert_allclose(got[user][1], scores, rtol=1e-6, err_msg=f"user {user}")
     # the chunks ran on the cluster's workers, each of which loaded the cascade once

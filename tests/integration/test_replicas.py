@@ -21,6 +21,7 @@ import pytest
 from core.artifacts import Artifacts
 from recsys.client import RecommenderClient, TritonUnreachable
 from recsys.runtime.servers import ManagedProcess, TritonProcess, free_port, running
+from support import apt_install, served, settled
 
 pytestmark = pytest.mark.integration
 
@@ -55,14 +56,7 @@ def _redis_binary() -> str:
     found = shutil.which("redis-server")
     if found:
         return found
-    if shutil.which("apt-get") is None:
-        pytest.skip("redis-server is not installed and apt-get is unavailable to install it")
-    install = ["apt-get", "install", "-y", "-q", "redis-server"]
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    if subprocess.run(install, env=env, capture_output=True).returncode != 0:
-        subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True)
-        done = subprocess.run(install, env=env, capture_output=True, text=True)
-        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    apt_install("redis-server")
     found = shutil.which("redis-server")
     assert found, "apt-get installed redis-server but it is not on PATH"
     subprocess.run(["service", "redis-server", "stop"], capture_output=True)  # the package starts one
@@ -108,28 +102,6 @@ def redis_replica(serving_stack, redis_server, tmp_path_factory):
             yield config, first, second
 
 
-def _served(client: RecommenderClient, users: np.ndarray, batch: int) -> dict:
-    out = {}
-    for start in range(0, len(users), batch):
-        answer = client.recommend(users[start:start + batch])
-        for row, user in enumerate(users[start:start + batch].tolist()):
-            out[user] = (answer["item_ids"][row].tolist(), np.round(answer["scores"][row], 5).tolist(),
-                         bool(answer["fallback"][row]), answer["source"][row])
-    return out
-
-
-def _settled(client: RecommenderClient, users: np.ndarray, batch: int, timeout_s: float = 90.0) -> dict:
-    """The answers once two passes agree (Milvus' first search of a query vector can differ
-    from its repeats; see tests/integration/test_batch.py)."""
-    previous, deadline = None, time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        current = _served(client, users, batch)
-        if current == previous:
-            return current
-        previous = current
-    raise AssertionError(f"the answers of {client.endpoints} did not settle within {timeout_s:.0f}s")
-
-
 def _users(config, cold_users) -> np.ndarray:
     """Every user of the users table (cold ones included), then unknown ids."""
     known = pd.read_parquet(Artifacts.of(config).users)["user_id"].to_numpy()
@@ -151,8 +123,8 @@ def test_redis_online_store_serves_the_same_answers_as_sqlite(redis_replica, col
         on_sqlite = RecommenderClient(getattr(first, url), protocol)
         on_redis = RecommenderClient(getattr(second, url), protocol)
         try:
-            expected = _settled(on_sqlite, users, batch)
-            assert _settled(on_redis, users, batch) == expected, protocol
+            expected = settled(on_sqlite, users, batch, details=True)
+            assert settled(on_redis, users, batch, details=True) == expected, protocol
         finally:
             on_sqlite.close()
             on_redis.close()
@@ -170,9 +142,9 @@ def test_round_robin_over_two_replicas_answers_identically(redis_replica, cold_u
         single = RecommenderClient(getattr(first, url), protocol)
         both = RecommenderClient(f"{getattr(first, url)},{getattr(second, url)}", protocol)
         try:
-            expected = _settled(single, users, 8)
+            expected = settled(single, users, 8, details=True)
             for _ in range(3):  # the same settled answers through the replicas in turn
-                assert _served(both, users, 8) == expected, protocol
+                assert served(both, users, 8, details=True) == expected, protocol
             assert sum(both.answered) == 3 * len(users) // 8  # in turn: 8 and 7 of 15 requests
             assert abs(both.answered[0] - both.answered[1]) <= 1, both.answered
         finally:
@@ -193,8 +165,8 @@ def test_round_robin_skips_a_replica_that_is_down(redis_replica, cold_users):
         single = RecommenderClient(getattr(first, url), protocol)
         both = RecommenderClient([getattr(second, url), getattr(first, url)], protocol, rest_s=60)
         try:
-            expected = _settled(single, users, 4)
-            assert _served(both, users, 4) == expected
+            expected = settled(single, users, 4, details=True)
+            assert served(both, users, 4, details=True) == expected
             assert both.answered == [0, len(users) // 4]
         finally:
             single.close()

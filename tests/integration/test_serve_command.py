@@ -1,30 +1,18 @@
 """`recsys serve`: starts Milvus and Triton, answers, and stops both on SIGTERM / Ctrl-C."""
 from __future__ import annotations
 
-import os
 import re
 import signal
 import time
-from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from core.artifacts import Artifacts
 from recsys.client import RecommenderClient
+from support import alive
 
 pytestmark = pytest.mark.integration
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie is gone for our purposes
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except OSError:
-        return False
 
 
 @pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL])
@@ -47,10 +35,10 @@ def test_serve_runs_in_foreground_and_stops_cleanly(serving_stack, serve_command
         rest, _ = process.communicate(timeout=120)
         if stop_signal == signal.SIGKILL:  # no clean-up code ran: the servers must follow anyway
             deadline = time.monotonic() + 60
-            while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+            while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
                 time.sleep(0.5)
         else:
             assert process.returncode == 0, rest
             assert "stopped Milvus and Triton" in rest
         for pid in pids:
-            assert not _alive(pid), f"process {pid} left behind"
+            assert not alive(pid), f"process {pid} left behind"

@@ -69,3 +69,41 @@ def test_build_and_train_are_production_builds(command, monkeypatch, tmp_path, c
     monkeypatch.chdir(tmp_path)
     assert main([command, "--workdir", str(tmp_path / "w")]) == 0
     assert calls == [True]
+
+
+LIGHT_COMMAND = r'''
+import contextlib, json, sys
+from recsys import cli, status
+from recsys.jobs import catalog, stack
+from vector_index.client import MilvusUnavailable
+
+def refused(cfg, timeout_s=None):
+    raise MilvusUnavailable("not running (test)")
+
+@contextlib.contextmanager
+def no_servers(config, reindex=False):
+    raise MilvusUnavailable("servers not started (test)")
+    yield
+
+catalog.connect = status.connect = refused
+stack.require_artifacts, stack.local_stack = (lambda config: None), no_servers
+code = cli.main(sys.argv[1:])
+print(json.dumps({"code": code, "heavy": sorted(m for m in ("tensorflow", "nvtabular", "merlin")
+                                              if m in sys.modules)}))
+'''
+
+
+@pytest.mark.parametrize("command", [["serve"], ["status"], ["catalog", "count"]])
+def test_serve_status_and_catalog_do_not_load_tensorflow(command, tmp_path):
+    """The parent process of `recsys serve`, `status` and `catalog` only needs paths, the
+    configuration and clients: TensorFlow and NVTabular (seconds to import) stay out of it."""
+    import json
+    import subprocess
+    import sys
+
+    (tmp_path / "model_repository" / "recommender").mkdir(parents=True)
+    result = subprocess.run([sys.executable, "-c", LIGHT_COMMAND, *command, "--workdir", str(tmp_path)],
+                            capture_output=True, text=True, timeout=120)
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["heavy"] == [], (report, result.stderr[-2000:])
+    assert report["code"] != 0  # it got as far as the (refused) servers

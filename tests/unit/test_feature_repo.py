@@ -11,14 +11,19 @@ from pathlib import Path
 from core.config import PROJECT_ROOT
 
 
-def test_feast_apply_by_hand_in_a_new_repository(tmp_path):
-    repo = tmp_path / "feature_repo"
+def _new_repository(root: Path, features: dict) -> Path:
+    """A brand-new copy of the project's Feast repo with the given feature list."""
+    repo = root / "feature_repo"
     (repo / "data").mkdir(parents=True)
     for name in ("feature_store.yaml", "definitions.py"):
         shutil.copy(PROJECT_ROOT / "feature_repo" / name, repo / name)
-    (repo / "data" / "features.json").write_text(json.dumps({
-        "user_features": {"age": "float32", "history": "int64_list"},
-        "item_features": {"genres": "string_list", "release_year": "string"}}))
+    (repo / "data" / "features.json").write_text(json.dumps(features))
+    return repo
+
+
+def test_feast_apply_by_hand_in_a_new_repository(tmp_path):
+    repo = _new_repository(tmp_path, {"user_features": {"age": "float32", "history": "int64_list"},
+                                      "item_features": {"genres": "string_list", "release_year": "string"}})
     env = {k: v for k, v in os.environ.items() if k != "PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION"}
     feast = str(Path(sys.executable).parent / "feast")
     result = subprocess.run([feast, "-c", str(repo), "apply"], capture_output=True, text=True,
@@ -35,12 +40,8 @@ def test_load_features_repairs_an_online_store_that_lost_its_tables(tmp_path):
     from core.config import load_config
     from recsys.jobs.featurestore import apply_and_materialize, views_not_online
 
-    repo = tmp_path / "feature_repo"
-    (repo / "data").mkdir(parents=True)
-    for name in ("feature_store.yaml", "definitions.py"):
-        shutil.copy(PROJECT_ROOT / "feature_repo" / name, repo / name)
-    (repo / "data" / "features.json").write_text(json.dumps({
-        "user_features": {"age": "float32"}, "item_features": {"release_year": "string"}}))
+    repo = _new_repository(tmp_path, {"user_features": {"age": "float32"},
+                                      "item_features": {"release_year": "string"}})
     stamp = pd.Timestamp("2026-01-01", tz="UTC")
     pd.DataFrame({"user_id": [1, 2], "age": [20.0, 30.0], "event_timestamp": [stamp] * 2}).to_parquet(
         repo / "data" / "user_features.parquet")
