@@ -188,6 +188,8 @@ class ServingConfig:
     exclude_seen: bool = True
     # Feature rows read from the Feast online store are reused for this long (0: always read).
     feature_cache_ttl_s: float = 60.0
+    # The release an exported model belongs to (set by the export, recsys.jobs.releases; 0: none).
+    release: int = 0
 
 
 @dataclass

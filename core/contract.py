@@ -29,6 +29,7 @@ class Output:
     triton_type: str
     dtype: str
     per_item: bool = False
+    from_graph: bool = True  # computed by the graph (else added by the runner)
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,14 @@ class ModelContract:
     def output_names(self) -> tuple[str, ...]:
         return tuple(output.name for output in self.outputs)
 
+    @property
+    def graph_outputs(self) -> tuple[Output, ...]:
+        return tuple(output for output in self.outputs if output.from_graph)
+
+
+# which release computed the answer (recsys.jobs.releases): one model version computes a whole request
+RELEASE = Output("release", "TYPE_INT64", "int64", from_graph=False)
+
 
 RECOMMENDER = ModelContract("recommender", "user_id", (
     Output("item_ids", "TYPE_INT64", "int64", per_item=True),
@@ -50,10 +59,33 @@ RECOMMENDER = ModelContract("recommender", "user_id", (
     Output("fallback", "TYPE_BOOL", "bool"),  # the user got the popular list (unknown / no history)
     Output("source", "TYPE_STRING", "object"),  # which path answered the user
     Output("filled", "TYPE_INT32", "int32"),  # how many of the items are popular fill-ins
+    RELEASE,
 ))
 SIMILAR_ITEMS = ModelContract("similar_items", "item_id", (
     Output("item_ids", "TYPE_INT64", "int64", per_item=True),
     Output("scores", "TYPE_FP32", "float32", per_item=True),
     Output("found", "TYPE_BOOL", "bool"),  # the item is in the index (else: the popular list)
+    RELEASE,
 ))
 CONTRACTS = {contract.kind: contract for contract in (RECOMMENDER, SIMILAR_ITEMS)}
+
+
+def model_names(config) -> dict[str, ModelContract]:
+    """The served models by their configured names (``config.serving``)."""
+    return {config.serving.model_name: RECOMMENDER, config.serving.similar_model_name: SIMILAR_ITEMS}
+
+
+def model_config(contract: ModelContract, name: str, top_k: int, version: int | None = None) -> str:
+    """The ``config.pbtxt`` of a model: the id input, the optional filter inputs, the
+    contract's outputs, which contract ``ensemble/triton_model.py`` serves and, given a
+    ``version``, that Triton serves that version only."""
+    inputs = [f'{{ name: "{contract.id_input}" data_type: TYPE_INT64 dims: [ -1 ] }}']
+    inputs += [f'{{ name: "{n}" data_type: TYPE_STRING dims: [ 1 ] optional: true }}' for n in FILTER_INPUTS]
+    outputs = [f'{{ name: "{o.name}" data_type: {o.triton_type} dims: [ {"-1, " + str(top_k) if o.per_item else "-1"} ] }}'
+               for o in contract.outputs]
+    return (f'name: "{name}"\nbackend: "python"\nmax_batch_size: 0\n'
+            "input [\n  " + ",\n  ".join(inputs) + "\n]\n"
+            "output [\n  " + ",\n  ".join(outputs) + "\n]\n"
+            "instance_group [\n  { kind: KIND_CPU count: 1 }\n]\n"
+            f'parameters {{ key: "contract" value: {{ string_value: "{contract.kind}" }} }}\n'
+            + (f"version_policy: {{ specific: {{ versions: [ {version} ] }} }}\n" if version is not None else ""))

@@ -2,8 +2,9 @@
 
     model_repository/
       recommender/            (and similar_items/, each named in config.serving)
-        config.pbtxt          the contract's inputs and outputs (core.contract), Python backend
-        1/
+        config.pbtxt          the contract's inputs and outputs (core.contract), Python backend,
+                              the version (release) Triton serves
+        <n>/                  one version per release (recsys.jobs.releases)
           model.py            ensemble/triton_model.py
           ensemble/           pickled graph + operator artifacts + serving.json
 """
@@ -16,31 +17,11 @@ from merlin.dag import postorder_iter_nodes
 
 from core.artifacts import Artifacts
 from core.config import Config
-from core.contract import FILTER_INPUTS, RECOMMENDER, SIMILAR_ITEMS, ModelContract
+from core.contract import RECOMMENDER, ModelContract
 from ensemble.graph import GRAPHS
 from operators.settings import serving_config, write_serving_config
 
-MODEL_VERSION = 1
 TRITON_MODEL = Path(__file__).with_name("triton_model.py")
-
-
-def model_names(config: Config) -> dict[str, ModelContract]:
-    """The served models by their configured names."""
-    return {config.serving.model_name: RECOMMENDER, config.serving.similar_model_name: SIMILAR_ITEMS}
-
-
-def model_config(contract: ModelContract, name: str, top_k: int) -> str:
-    """The ``config.pbtxt`` of a model: the id input, the optional filter inputs, the
-    contract's outputs, and which contract ``ensemble/triton_model.py`` serves."""
-    inputs = [f'{{ name: "{contract.id_input}" data_type: TYPE_INT64 dims: [ -1 ] }}']
-    inputs += [f'{{ name: "{n}" data_type: TYPE_STRING dims: [ 1 ] optional: true }}' for n in FILTER_INPUTS]
-    outputs = [f'{{ name: "{o.name}" data_type: {o.triton_type} dims: [ {"-1, " + str(top_k) if o.per_item else "-1"} ] }}'
-               for o in contract.outputs]
-    return (f'name: "{name}"\nbackend: "python"\nmax_batch_size: 0\n'
-            "input [\n  " + ",\n  ".join(inputs) + "\n]\n"
-            "output [\n  " + ",\n  ".join(outputs) + "\n]\n"
-            "instance_group [\n  { kind: KIND_CPU count: 1 }\n]\n"
-            f'parameters {{ key: "contract" value: {{ string_value: "{contract.kind}" }} }}\n')
 
 
 def write_ensemble(config: Config, artifacts: Artifacts, target: Path,
@@ -62,20 +43,10 @@ def write_ensemble(config: Config, artifacts: Artifacts, target: Path,
     return target
 
 
-def export_model(config: Config, artifacts: Artifacts, name: str, contract: ModelContract) -> Path:
-    """Write ``<model_repository>/<name>`` serving ``contract``; returns the model directory."""
-    model_dir = config.model_repository / name
-    if model_dir.exists():
-        shutil.rmtree(model_dir)
-    version_dir = model_dir / str(MODEL_VERSION)
+def export_version(config: Config, artifacts: Artifacts, name: str, contract: ModelContract, version: int) -> Path:
+    """Write version ``version`` of model ``name`` (its graph and ``model.py``), replacing that
+    version only; ``config.pbtxt``, which says what Triton serves, is left as it is."""
+    version_dir = config.model_repository / name / str(version)
     write_ensemble(config, artifacts, version_dir / "ensemble", contract)
     shutil.copyfile(TRITON_MODEL, version_dir / "model.py")
-    (model_dir / "config.pbtxt").write_text(model_config(contract, name, config.serving.top_k))
-    return model_dir
-
-
-def export_model_repository(config: Config, artifacts: Artifacts) -> Path:
-    """Build every served model from the artifacts and write the repository; returns its path."""
-    for name, contract in model_names(config).items():
-        export_model(config, artifacts, name, contract)
-    return config.model_repository
+    return version_dir

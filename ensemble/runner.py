@@ -15,7 +15,7 @@ from merlin.dag.runtime import Runtime
 from merlin.systems.dag import Ensemble
 from merlin.table import TensorTable
 
-from core.contract import RECOMMENDER, SIMILAR_ITEMS, BadRequest, ModelContract
+from core.contract import RECOMMENDER, RELEASE, SIMILAR_ITEMS, BadRequest, ModelContract
 from ensemble.executor import ServingExecutor
 from operators.feast_lookup import QueryFeatures
 from operators.filters import FeatureKinds, FilterError, compile_filter
@@ -29,9 +29,10 @@ class GraphRunner:
     contract: ModelContract
     exports_metrics = False  # the Triton model exports its stage times and outcomes
 
-    def __init__(self, ensemble: Ensemble, max_batch: int):
+    def __init__(self, ensemble: Ensemble, max_batch: int, release: int = 0):
         self.ensemble = ensemble
         self.max_batch = max_batch
+        self.release = release
         self.executor = ServingExecutor()
         self.runtime = Runtime(executor=self.executor)
         self.operators = [node.op for node in postorder_iter_nodes(ensemble.graph.output_node,
@@ -45,7 +46,8 @@ class GraphRunner:
         ensemble = Ensemble.load(ensemble_dir)
         for node in postorder_iter_nodes(ensemble.graph.output_node, flatten_subgraphs=True):
             node.op.load_artifacts(ensemble_dir)
-        return cls(ensemble, serving_config(ensemble_dir).serving.max_batch_users)
+        serving = serving_config(ensemble_dir).serving
+        return cls(ensemble, serving.max_batch_users, serving.release)
 
     def validate(self, ids) -> np.ndarray:
         """Check the request's ids (shape, dtype, count); :class:`BadRequest` with a clear message."""
@@ -69,10 +71,12 @@ class GraphRunner:
     def run(self, ids, item_filter=None) -> dict[str, np.ndarray]:
         """The contract's outputs for each id, within ``item_filter`` (a compiled filter,
         :meth:`compile_filter`) if given."""
-        request = TensorTable({self.contract.id_input: self.validate(ids)})
+        ids = self.validate(ids)
         with self.filters.applied(item_filter):
-            result = self.ensemble.transform(request, runtime=self.runtime)
-        return {name: np.asarray(result[name].values) for name in self.contract.output_names}
+            result = self.ensemble.transform(TensorTable({self.contract.id_input: ids}), runtime=self.runtime)
+        answer = {output.name: np.asarray(result[output.name].values) for output in self.contract.graph_outputs}
+        answer[RELEASE.name] = np.full(len(ids), self.release, dtype=np.int64)
+        return answer
 
     @property
     def last_timings(self) -> dict[str, float]:
@@ -86,8 +90,8 @@ class Recommender(GraphRunner):
     contract = RECOMMENDER
     exports_metrics = True
 
-    def __init__(self, ensemble: Ensemble, max_batch: int):
-        super().__init__(ensemble, max_batch)
+    def __init__(self, ensemble: Ensemble, max_batch: int, release: int = 0):
+        super().__init__(ensemble, max_batch, release)
         self._feature_lookups = [op for op in self.operators if isinstance(op, QueryFeatures)]
 
     def recommend(self, user_ids, item_filter=None) -> dict[str, np.ndarray]:

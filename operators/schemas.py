@@ -9,7 +9,8 @@ from core.contract import ModelContract
 
 
 def contract_schema(contract: ModelContract, top_k: int) -> Schema:
-    """``[batch, top_k]`` columns for the per-item outputs, ``[batch]`` for the others."""
+    """The outputs the graph computes: ``[batch, top_k]`` columns for the per-item ones,
+    ``[batch]`` for the others."""
     return Schema([ColumnSchema(output.name, dtype=np.dtype(output.dtype),
                                 dims=(None, top_k) if output.per_item else (None,))
-                   for output in contract.outputs])
+                   for output in contract.graph_outputs])

@@ -107,6 +107,15 @@ def _parser() -> argparse.ArgumentParser:
     drop = action.add_parser("drop", help="drop the alias and its collection (serving fails until rebuild)")
     drop.add_argument("--yes", action="store_true", help="really drop")
 
+    release = sub.add_parser("release", help="the releases (one per build): list, roll out, roll back, prune")
+    step = release.add_subparsers(dest="action", required=True)
+    step.add_parser("list", help="every release kept, and which one serves")
+    rollout = step.add_parser("rollout", help="serve a release (default: the newest), live if Triton runs")
+    rollout.add_argument("release", nargs="?", type=int, help="release id (default: the newest)")
+    step.add_parser("rollback", help="serve the previous release again")
+    prune = step.add_parser("prune", help="delete old releases (never the serving or previous one)")
+    prune.add_argument("--keep", type=int, default=3, help="newest releases kept (default 3)")
+
     status = sub.add_parser("status", help="health of Triton, Milvus and Feast (exit 1 if unhealthy)")
     status.add_argument("--json", action="store_true", help="machine-readable output")
 
@@ -214,12 +223,48 @@ def _build(config: Config) -> None:
             ("export", stack.export, f"Triton model repository {config.model_repository}")):
         print(f"== {name}", flush=True)
         started = time.perf_counter()
-        step(config)
+        done = step(config)
         times[name] = time.perf_counter() - started
         if name != "training":
             stage(name, detail, times[name])
+        if name == "export":
+            _say_release(config, done)
     print("== done: " + ", ".join(f"{name} {seconds:.0f}s" for name, seconds in times.items())
           + f"; artifacts in {config.workdir}", flush=True)
+
+
+def _say_release(config: Config, release: int) -> None:
+    from recsys.jobs.releases import serving_release
+
+    serving = serving_release(config)
+    note = ("serving" if serving == release else
+            f"built; release {serving} serves until `recsys release rollout {release}`")
+    print(f"release {release} ({note}): {config.model_repository}", flush=True)
+
+
+def _release(config: Config, args) -> int:
+    import urllib.request
+
+    from recsys.jobs import releases
+
+    if args.action == "list":
+        for release in releases.list_releases(config):
+            print(f"{release.id:>4}  {release.state:<8}  {release.created}  {release.alias}")
+        return 0
+    if args.action == "prune":
+        deleted = releases.prune(config, args.keep)
+        print(f"deleted releases {', '.join(map(str, deleted))}" if deleted else "nothing to prune")
+        return 0
+    url = f"{config.triton.host}:{config.triton.http_port}"
+    try:
+        with urllib.request.urlopen(f"http://{url}/v2/health/live", timeout=2):
+            pass
+    except OSError:
+        url = None  # no Triton runs: the next `recsys serve` serves the release
+    done = (releases.rollback(config, url) if args.action == "rollback"
+            else releases.rollout(config, args.release, url))
+    print(f"release {done} serves" + ("" if url else " (from the next `recsys serve`; no Triton runs)"))
+    return 0
 
 
 def _catalog(config: Config, args) -> int:
@@ -426,6 +471,8 @@ def main(argv: list[str] | None = None) -> int:
             return _recommend(config, args)
         if args.command == "catalog":
             return _catalog(config, args)
+        if args.command == "release":
+            return _release(config, args)
         if args.command == "batch":
             return _batch(config, args)
         if args.command == "status":
@@ -453,7 +500,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{stack.build_index(config)} item vectors in {config.milvus.collection}")
         elif args.command == "export":
             stack.require_artifacts(config)
-            print(stack.export(config))
+            _say_release(config, stack.export(config))
         elif args.command == "serve":
             _serve(config, args.reindex)
         return 0

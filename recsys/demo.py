@@ -64,10 +64,10 @@ def run_demo(config: Config, requests: int = 300, eval_users: int = 1000) -> Non
     _say("== 2/5 Feast: apply + materialize-incremental (SQLite online store)")
     stack.load_features(config)
     _say("== 3/5 exporting the Triton model repository")
-    repository = stack.export(config)
-    _say(f"   {repository / config.serving.model_name}")
+    release = stack.export(config)
+    _say(f"   release {release}: {config.model_repository / config.serving.model_name / str(release)}")
     _say("== 4/5 starting Milvus and Triton, indexing item vectors")
-    with stack.local_stack(config, reindex=True) as (milvus, triton):
+    with stack.local_stack(config, reindex=True, release=release) as (milvus, triton):
         _say(f"   Milvus {config.milvus.endpoint}; Triton HTTP {triton.http_url}, "
              f"gRPC {triton.grpc_url}, metrics {triton.host}:{triton.metrics_port} (pid {triton.pid})")
         _say(f"   ready after {time.perf_counter() - started:.0f}s")

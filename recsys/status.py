@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 
 from core.config import Config
+from core.contract import model_names
+from recsys.jobs import releases
 from recsys.runtime.supervisor import read_state, state_path
 from vector_index.client import MilvusUnavailable, connect, quiet_pymilvus
 from vector_index.collections import aliased_collection
@@ -53,6 +55,25 @@ def triton_checks(config: Config, timeout_s: float = 3.0) -> list[Check]:
     for model in models:
         ok, detail = _http_status(f"{base}/v2/models/{model}/ready", timeout_s)
         checks.append(Check("triton", f"model {model} ready", ok, detail))
+    return checks
+
+
+def release_checks(config: Config, timeout_s: float = 3.0) -> list[Check]:
+    """The serving release (none before the first build), and that a running Triton serves it."""
+    serving = releases.serving_release(config)
+    if serving is None:
+        return []
+    kept = len(releases.list_releases(config))
+    checks = [Check("release", f"{serving} serving", True, f"{kept} kept in {releases.releases_dir(config)}")]
+    base = f"http://{config.triton.host}:{config.triton.http_port}"
+    for model in model_names(config):
+        try:
+            with urllib.request.urlopen(f"{base}/v2/models/{model}", timeout=timeout_s) as response:
+                versions = json.loads(response.read()).get("versions", [])
+        except (OSError, ValueError):
+            continue  # no Triton: the triton checks say so
+        checks.append(Check("release", f"{model} serves {serving}", str(serving) in versions,
+                            f"Triton serves version(s) {', '.join(versions) or 'none'}"))
     return checks
 
 
@@ -120,7 +141,8 @@ def supervisor_checks(config: Config) -> list[Check]:
 
 def status(config: Config) -> list[Check]:
     """Every check, Triton, Milvus, Feast, and the restarts ``recsys serve`` made."""
-    return triton_checks(config) + milvus_checks(config) + feast_checks(config) + supervisor_checks(config)
+    return (triton_checks(config) + release_checks(config) + milvus_checks(config) + feast_checks(config)
+            + supervisor_checks(config))
 
 
 def render(checks: list[Check], as_json: bool = False) -> str:

@@ -14,16 +14,17 @@ from core.config import MilvusConfig
 from core.contract import CATEGORY_FEATURE
 from core.progress import bar
 from vector_index.client import (CATEGORY_FIELD, ID_FIELD, METRIC, VECTOR_FIELD, WARM_UP_QUERIES, MilvusUnavailable,
-                                 connect, rpc_timeout, search_params, warm_up_search)
+                                 connect, quiet_pymilvus, rpc_timeout, search_params, warm_up_search)
 
 
 def build_item_index(cfg: MilvusConfig, item_ids: np.ndarray, vectors: np.ndarray, items=None,
-                     progress: bool = False) -> int:
+                     progress: bool = False, also: tuple[str, ...] = ()) -> int:
     """Build a new collection with the item vectors (inserted in chunks, the configured index
     with the IP metric, loaded), then point the alias ``cfg.collection`` - the name serving
-    searches - at it and drop the collection it pointed at before. Serving never sees a
-    half-built index: until the switch it searches the previous collection. ``items``: the
-    item features (for each row's category, :func:`item_rows`). Returns the row count."""
+    searches - (and the aliases ``also``) at it and drop the collection it pointed at before.
+    Serving never sees a half-built index: until the switch it searches the previous
+    collection. ``items``: the item features (for each row's category, :func:`item_rows`).
+    Returns the row count."""
     client = connect(cfg, timeout_s=max(cfg.timeout_s, 60.0))
     try:
         physical = f"{cfg.collection}{GENERATION_SEPARATOR}{time.time_ns() // 1_000_000}"
@@ -47,6 +48,8 @@ def build_item_index(cfg: MilvusConfig, item_ids: np.ndarray, vectors: np.ndarra
             raise
         count = int(client.get_collection_stats(physical)["row_count"])
         previous = switch_alias(client, cfg.collection, physical)
+        for alias in also:
+            switch_alias(client, alias, physical)
         if previous:
             time.sleep(DROP_GRACE_S)  # searches already routed to it finish first
             client.drop_collection(previous)
@@ -123,7 +126,8 @@ def switch_alias(client, alias: str, collection: str) -> str | None:
 def aliased_collection(client, alias: str) -> str | None:
     """The collection ``alias`` points at, or ``None`` if it is not an alias."""
     try:
-        return client.describe_alias(alias).get("collection_name") or None
+        with quiet_pymilvus():  # pymilvus logs an error for the missing alias it raises on
+            return client.describe_alias(alias).get("collection_name") or None
     except Exception:  # pymilvus raises when the alias does not exist
         return None
 

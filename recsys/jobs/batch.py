@@ -29,13 +29,12 @@ from typing import Callable
 import numpy as np
 from tqdm import tqdm
 
-from core.artifacts import Artifacts
 from core.config import Config
 from core.contract import CATEGORY_FEATURE
 from ensemble.export import write_ensemble
 from ensemble.graph import feast_features
 from operators.filters import FeatureKinds, FilterError, compile_filter
-from recsys.jobs import stack
+from recsys.jobs import releases, stack
 from recsys.jobs.batch_backends import cascade
 from recsys.jobs.batch_options import DEFAULT_CHUNK, DEFAULT_K, BatchOptions, BatchResult
 from recsys.jobs.batch_store import COMPLETE, RUNNING, BatchStore, safe_url
@@ -48,7 +47,7 @@ def model_version(config: Config) -> str:
     """A content hash of everything the cascade is built from (models, workflows, popular
     items, feature list) and the serving settings that change answers (retrieval depth, seen
     exclusion). Live catalogue edits in Milvus or Feast are not part of it."""
-    artifacts = Artifacts.of(config)
+    artifacts = releases.serving_artifacts(config)
     digest = hashlib.sha256()
     for root in (artifacts.query_tower, artifacts.ranking_model, artifacts.item_vectors, artifacts.ordering,
                  artifacts.user_workflow, artifacts.item_workflow, artifacts.popular_items, artifacts.features):
@@ -103,7 +102,9 @@ def run_batch(config: Config, options: BatchOptions,
                                  f"({config.serving.retrieval_k}), the candidates the cascade ranks")
             users, spec = resolve_users(config, options.user_ids, options.users_file)
             item_filter = _checked_filter(config, options.filter, options.filter_values)
-        artifacts = stack.require_artifacts(config)
+        stack.require_artifacts(config)
+        artifacts = releases.serving_artifacts(config)  # the serving release's models, as online
+        release = releases.serving_release(config)
         version = model_version(config)
         chunk_size = int(options.chunk_size or (parameters.get("chunk_size") if options.resume else 0)
                          or DEFAULT_CHUNK)
@@ -119,6 +120,7 @@ def run_batch(config: Config, options: BatchOptions,
                           "retrieval_k": config.serving.retrieval_k,
                           "exclude_seen": config.serving.exclude_seen,
                           "milvus_collection": config.milvus.collection, "workdir": str(config.workdir),
+                          "release": release,
                           "filter": item_filter}
             store.start_run(run_id, k, parameters, version, len(users), worker_name())
         known = training_users(config)
@@ -151,7 +153,7 @@ def run_batch(config: Config, options: BatchOptions,
                            rows=int(final["rows"]), sources=store.source_counts(run_id),
                            unknown_users=unknown, setup_s=setup_s, compute_s=compute_s,
                            users_per_second=users_per_second, stage_seconds=stages, pruned=pruned,
-                           model_version=version)
+                           model_version=version, release=release)
     finally:
         store.close()
 
@@ -288,7 +290,8 @@ def _milvus(config: Config):
 def render(result: BatchResult, db: str) -> str:
     """The summary ``recsys batch`` prints."""
     lines = [f"run {result.run_id} complete: {result.users_total:,} users x k={result.k} -> "
-             f"{result.rows:,} rows in {db} (model version {result.model_version})"]
+             f"{result.rows:,} rows in {db} (model version {result.model_version}"
+             + (f", release {result.release}" if result.release else "") + ")"]
     lines.append("  answered by: " + ", ".join(f"{source} {count:,}" for source, count
                                               in sorted(result.sources.items(), key=lambda kv: -kv[1])))
     if result.unknown_users:

@@ -45,3 +45,4 @@ class BatchResult:
     stage_seconds: dict[str, float] = field(default_factory=dict)
     pruned: list[str] = field(default_factory=list)
     model_version: str = ""
+    release: int | None = None  # the release whose models computed the run (recsys.jobs.releases)

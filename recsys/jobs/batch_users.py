@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from core.config import Config
+from recsys.jobs import releases
 from recsys.jobs.stack import require_artifacts
 
 
@@ -95,6 +96,7 @@ def resolve_users(config: Config, user_ids=None, users_file: str | None = None) 
 
 
 def training_users(config: Config) -> np.ndarray:
-    """Every user of the training data (the users table of the artifacts), sorted."""
-    artifacts = require_artifacts(config)
+    """Every user of the training data (the users table of the serving release), sorted."""
+    require_artifacts(config)
+    artifacts = releases.serving_artifacts(config)
     return np.sort(pd.read_parquet(artifacts.users, columns=["user_id"])["user_id"].to_numpy(np.int64))

@@ -7,8 +7,8 @@ serving searches) and the items' rows in the Feast online store.
   online store. It returns once searches see the new vectors, so the next request can
   retrieve them - no Triton restart.
 * :meth:`Catalog.delete`, :meth:`Catalog.count`, :meth:`Catalog.drop`.
-* :meth:`Catalog.rebuild` builds a new collection from the trained item vectors and switches
-  the alias to it (see :func:`vector_index.collections.build_item_index`).
+* :meth:`Catalog.rebuild` builds a new collection from the serving release's item vectors and
+  switches its aliases to it (see :func:`recsys.jobs.releases.ensure_collection`).
 
 The most-popular fallback list is fixed at export; re-export to refresh it after deletions.
 """
@@ -20,12 +20,12 @@ import time
 import numpy as np
 import pandas as pd
 
-from core.artifacts import Artifacts
 from core.config import Config
+from recsys.jobs import releases
 from training.feast_source import feast_frame
 from training.features import Features
 from vector_index.client import ID_FIELD, MilvusUnavailable, connect, rpc_timeout
-from vector_index.collections import aliased_collection, build_item_index, item_rows
+from vector_index.collections import aliased_collection, item_rows
 
 ITEM_VIEW = "item_features"
 
@@ -39,7 +39,8 @@ class Catalog:
 
     def __init__(self, config: Config):
         self.config = config
-        self.artifacts = Artifacts.of(config)
+        # the item tower, workflow and feature list of the release that serves
+        self.artifacts = releases.serving_artifacts(config)
 
     def count(self) -> int:
         """Items in the collection serving searches (strongly consistent)."""
@@ -102,12 +103,12 @@ class Catalog:
             client.close()
 
     def rebuild(self) -> int:
-        """A new collection from the trained item vectors and the items' categories, then the
-        alias switched to it (what ``recsys index`` and ``serve`` build too)."""
-        vectors = pd.read_parquet(self.artifacts.item_vectors)
-        return build_item_index(self.config.milvus, vectors["item_id"].to_numpy(),
-                                np.stack(vectors["embedding"].to_numpy()).astype(np.float32),
-                                pd.read_parquet(self.artifacts.items), progress=self.config.training.progress)
+        """A new collection of the serving release's item vectors and the items' categories,
+        then its aliases switched to it (what ``recsys index`` and ``serve`` build too)."""
+        serving = releases.serving_release(self.config)
+        if serving is None:
+            raise CatalogError(f"no release in {self.config.workdir}: run `recsys build` (or `recsys export`)")
+        return releases.ensure_collection(self.config, serving, rebuild=True)
 
     def collection(self) -> str | None:
         """The physical collection serving searches now."""

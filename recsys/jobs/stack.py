@@ -7,10 +7,11 @@ from contextlib import contextmanager
 
 from core.artifacts import Artifacts
 from core.config import Config
-from recsys.jobs import featurestore
+from recsys.jobs import featurestore, releases
 from recsys.jobs.catalog import Catalog
 from recsys.runtime.servers import MilvusProcess, TritonProcess, running
 from vector_index.client import connect
+from vector_index.collections import aliased_collection
 
 LOG = logging.getLogger(__name__)
 
@@ -29,15 +30,15 @@ def load_features(config: Config) -> None:
 
 
 def build_index(config: Config) -> int:
-    """Load the trained item vectors into Milvus (``config.milvus.uri``)."""
+    """Load the serving release's item vectors into a new collection of Milvus
+    (``config.milvus.uri``) and switch its aliases to it."""
     return Catalog(config).rebuild()
 
 
-def export(config: Config):
-    """Write the Triton model repository from the artifacts."""
-    from ensemble.export import export_model_repository
-
-    return export_model_repository(config, Artifacts.of(config))
+def export(config: Config) -> int:
+    """Make a release of the trained artifacts (a new version of every model in the Triton
+    repository, :func:`recsys.jobs.releases.create`); returns its id."""
+    return releases.create(config, Artifacts.of(config))
 
 
 def require_artifacts(config: Config) -> Artifacts:
@@ -48,12 +49,15 @@ def require_artifacts(config: Config) -> Artifacts:
 
 
 @contextmanager
-def local_stack(config: Config, reindex: bool = False):
+def local_stack(config: Config, reindex: bool = False, release: int | None = None):
     """Start the local Milvus (unless ``milvus.uri`` points at another one) and Triton, in that
-    order, (re)building the item index when asked or when the collection is missing; stop both
-    on exit. Yields ``(milvus_process_or_None, triton_process)``."""
+    order, (re)building the item index when asked or when the collection is missing, serving
+    ``release`` if given (else the serving release); stop both on exit. Yields
+    ``(milvus_process_or_None, triton_process)``."""
     triton = TritonProcess(config)
     with local_milvus(config, reindex) as milvus:
+        if release is not None and release != releases.serving_release(config):
+            releases.rollout(config, release)  # before Triton starts: it loads that version
         with running(triton):
             yield milvus, triton
 
@@ -72,8 +76,12 @@ def local_milvus(config: Config, reindex: bool = False):
 
 
 def _collection_exists(config: Config) -> bool:
+    """Whether the serving release's collection is there (its alias points at one)."""
+    serving = releases.serving_release(config)
+    if serving is None:
+        return False
     client = connect(config.milvus)
     try:
-        return bool(client.has_collection(config.milvus.collection))
+        return aliased_collection(client, releases.release_alias(config, serving)) is not None
     finally:
         client.close()

@@ -297,7 +297,8 @@ class TritonProcess(ManagedProcess):
             f"--http-restricted-api={TRITON_RESTRICTED_APIS}:{TRITON_ADMIN_HEADER}={self.admin_key}",
             f"--grpc-restricted-protocol={TRITON_RESTRICTED_APIS}:{TRITON_ADMIN_HEADER}={self.admin_key}",
             "--allow-gpu-metrics=false",
-            "--model-control-mode=none",
+            # explicit: every model at start, then new versions (releases) on request, without restart
+            "--model-control-mode=explicit", "--load-model=*",
             "--exit-on-error=true",
             "--exit-timeout-secs=5",
             "--log-verbose=0",
@@ -379,6 +380,19 @@ def admin_key(config: Config) -> str:
     with os.fdopen(fd, "w") as handle:
         handle.write(key + "\n")
     return key
+
+
+def running_admin_key(config: Config) -> str:
+    """The key the running Triton was started with (configured, or the one its start wrote)."""
+    cfg = config.triton
+    if cfg.admin_key:
+        return cfg.admin_key
+    path = Path(cfg.admin_key_file) if cfg.admin_key_file else config.workdir / "triton" / "admin-key"
+    try:
+        return path.read_text().strip()
+    except OSError as exc:
+        raise RuntimeError(f"no Triton admin key in {path} ({exc.strerror}): is `recsys serve` running "
+                           f"with this work directory?") from None
 
 
 def triton_environment() -> dict[str, str]:

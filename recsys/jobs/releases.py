@@ -1,0 +1,254 @@
+"""Releases: every build is a release with an id ``n``, served without restarts and never mixed.
+
+A release is, all under its id:
+
+- version ``n`` of every model in the Triton repository (``recommender/<n>/``,
+  ``similar_items/<n>/``), whose ``serving.json`` names ``release = n`` and the release's own
+  Milvus alias ``<collection>__r<n>`` - a model searches its release's item vectors, never
+  another's;
+- that alias, pointing at a collection of the release's item vectors (built when the release
+  is first served);
+- ``<workdir>/releases/<n>/``: what the graph, the collection, the batch job and catalogue
+  operations read later (models, workflows, item vectors, feature tables and list; the work
+  directory's layout) and ``release.json``.
+
+Rolling out ``n`` (:func:`rollout`): its collection is built and loaded first, then each
+model's ``config.pbtxt`` names version ``n`` (``version_policy: specific``) and Triton is told to
+load it (explicit model control, through the admin key): Triton loads and warms the new version
+while the old one serves, switches, and unloads the old one once its in-flight requests are
+done. Then the public alias (``milvus.collection``, what catalogue operations and outside
+readers use) points at the release's collection. Rolling back is rolling out the previous
+release. Every answer carries its release (output ``release``).
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from core.artifacts import Artifacts
+from core.config import Config
+from core.contract import model_config, model_names
+from recsys.runtime.servers import TRITON_ADMIN_HEADER, running_admin_key
+from vector_index.client import connect
+from vector_index.collections import aliased_collection, build_item_index, switch_alias
+
+STATE_FILE = "state.json"
+RELEASE_FILE = "release.json"
+KEEP = 3
+
+
+class ReleaseError(RuntimeError):
+    """A release operation cannot be done as asked."""
+
+
+@dataclass
+class Release:
+    """One release, as ``recsys release list`` shows it."""
+
+    id: int
+    created: str
+    alias: str
+    state: str = "built"  # built | serving | previous
+
+
+def releases_dir(config: Config) -> Path:
+    return config.workdir / "releases"
+
+
+def release_alias(config: Config, release: int) -> str:
+    """The Milvus alias release ``release`` searches."""
+    return f"{config.milvus.collection}__r{release}"
+
+
+def release_artifacts(config: Config, release: int) -> Artifacts:
+    """What release ``release`` keeps of its build (the workdir's layout, the item side only)."""
+    return Artifacts(releases_dir(config) / str(release))
+
+
+def state(config: Config) -> dict:
+    """``{"serving": n | None, "previous": n | None}``."""
+    path = releases_dir(config) / STATE_FILE
+    return json.loads(path.read_text()) if path.is_file() else {"serving": None, "previous": None}
+
+
+def list_releases(config: Config) -> list[Release]:
+    """Every release kept, oldest first, with its state."""
+    now = state(config)
+    found = []
+    for path in sorted(releases_dir(config).glob(f"*/{RELEASE_FILE}"), key=lambda p: int(p.parent.name)):
+        release = Release(**json.loads(path.read_text()))
+        release.state = ("serving" if release.id == now["serving"] else
+                         "previous" if release.id == now["previous"] else "built")
+        found.append(release)
+    return found
+
+
+def serving_release(config: Config) -> int | None:
+    return state(config)["serving"]
+
+
+def create(config: Config, artifacts: Artifacts) -> int:
+    """Make a release of the trained ``artifacts``: the next id, the item side kept under
+    ``releases/<n>/``, version ``n`` of every model exported. The first release serves at once
+    (there is nothing to roll out from); later ones wait for :func:`rollout`."""
+    from ensemble.export import export_version  # TensorFlow and Merlin: only where a release is made
+
+    existing = [r.id for r in list_releases(config)]
+    versions = [int(p.name) for name in model_names(config) if (config.model_repository / name).is_dir()
+                for p in (config.model_repository / name).iterdir() if p.name.isdigit()]
+    release = max(existing + versions + [0]) + 1
+    kept = release_artifacts(config, release)
+    for source, target in _kept_files(artifacts, kept):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if source.is_dir():
+            shutil.copytree(source, target, dirs_exist_ok=True)
+        elif source.is_file():
+            shutil.copyfile(source, target)
+    serving = replace(config.serving, release=release)
+    milvus = replace(config.milvus, collection=release_alias(config, release))
+    release_config = replace(config, serving=serving, milvus=milvus)
+    for name, contract in model_names(config).items():
+        export_version(release_config, artifacts, name, contract, release)
+    record = Release(release, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), release_alias(config, release))
+    payload = {k: v for k, v in asdict(record).items() if k != "state"}
+    (kept.root / RELEASE_FILE).write_text(json.dumps(payload, indent=2))
+    if serving_release(config) is None:
+        _write_model_configs(config, release)
+        _save_state(config, release, None)
+    return release
+
+
+def _kept_files(artifacts: Artifacts, kept: Artifacts):
+    """What a release keeps of its build: all that its graph, its collection, the batch job and
+    the catalogue read (not the interaction files)."""
+    for name in ("users", "items", "features", "popular_items", "user_id_map", "item_id_map", "user_workflow",
+                 "item_workflow", "query_tower", "item_tower", "ranking_model", "item_vectors", "ordering"):
+        yield getattr(artifacts, name), getattr(kept, name)
+
+
+def serving_artifacts(config: Config) -> Artifacts:
+    """The artifacts of the serving release (the work directory's before any release)."""
+    serving = serving_release(config)
+    return release_artifacts(config, serving) if serving else Artifacts.of(config)
+
+
+def ensure_collection(config: Config, release: int, rebuild: bool = False) -> int:
+    """Build release ``release``'s collection (its item vectors, behind its alias) if it has
+    none, or anew when ``rebuild``; the public alias follows when the release is serving.
+    Returns the row count (0 when nothing was built)."""
+    client = connect(config.milvus, max(config.milvus.timeout_s, 30.0))
+    try:
+        exists = aliased_collection(client, release_alias(config, release)) is not None
+    finally:
+        client.close()
+    if exists and not rebuild:
+        return 0
+    kept = release_artifacts(config, release)
+    if not kept.item_vectors.is_file():
+        raise ReleaseError(f"release {release} keeps no item vectors in {kept.root}")
+    vectors = pd.read_parquet(kept.item_vectors)
+    also = (config.milvus.collection,) if release == serving_release(config) else ()
+    return build_item_index(replace(config.milvus, collection=release_alias(config, release)),
+                            vectors["item_id"].to_numpy(),
+                            np.stack(vectors["embedding"].to_numpy()).astype(np.float32),
+                            pd.read_parquet(kept.items), progress=config.training.progress, also=also)
+
+
+def rollout(config: Config, release: int | None = None, triton_url: str | None = None) -> int:
+    """Serve ``release`` (default: the newest): its collection first, then every model's new
+    version on the running Triton at ``triton_url`` (its HTTP ``host:port``; ``None``: no Triton
+    runs, the next start serves it), then the public alias. Returns the release."""
+    kept = {r.id for r in list_releases(config)}
+    release = max(kept) if release is None and kept else release
+    if release not in kept:
+        raise ReleaseError(f"no release {release} (releases: {sorted(kept) or 'none'})")
+    before = serving_release(config)
+    ensure_collection(config, release)
+    _write_model_configs(config, release)
+    try:
+        if triton_url:
+            for name in reversed(list(model_names(config))):  # similar_items, then recommender
+                _load(config, triton_url, name)
+    except BaseException:
+        if before is not None:  # what runs now, and what a restart would load
+            _write_model_configs(config, before)
+            if triton_url:
+                for name in model_names(config):
+                    _load(config, triton_url, name)
+        raise
+    client = connect(config.milvus, max(config.milvus.timeout_s, 30.0))
+    try:
+        switch_alias(client, config.milvus.collection, aliased_collection(client, release_alias(config, release)))
+    finally:
+        client.close()
+    _save_state(config, release, before if before != release else state(config)["previous"])
+    return release
+
+
+def rollback(config: Config, triton_url: str | None = None) -> int:
+    """Serve the release served before the current one again (:func:`rollout`)."""
+    previous = state(config)["previous"]
+    if previous is None:
+        raise ReleaseError("no previous release to roll back to")
+    return rollout(config, previous, triton_url)
+
+
+def prune(config: Config, keep: int = KEEP) -> list[int]:
+    """Delete releases beyond the newest ``keep`` (never the serving or the previous one): their
+    model versions, collections and kept files. Returns the ids deleted."""
+    now = state(config)
+    releases = list_releases(config)
+    protected = {now["serving"], now["previous"]} | {r.id for r in releases[-keep:]}
+    doomed = [r.id for r in releases if r.id not in protected]
+    if not doomed:
+        return []
+    client = connect(config.milvus, max(config.milvus.timeout_s, 30.0))
+    try:
+        for release in doomed:
+            alias = release_alias(config, release)
+            physical = aliased_collection(client, alias)
+            if physical is not None:
+                client.drop_alias(alias)
+                client.drop_collection(physical)
+    finally:
+        client.close()
+    for release in doomed:
+        for name in model_names(config):
+            shutil.rmtree(config.model_repository / name / str(release), ignore_errors=True)
+        shutil.rmtree(release_artifacts(config, release).root, ignore_errors=True)
+    return doomed
+
+
+def _write_model_configs(config: Config, release: int) -> None:
+    for name, contract in model_names(config).items():
+        (config.model_repository / name / "config.pbtxt").write_text(
+            model_config(contract, name, config.serving.top_k, version=release))
+
+
+def _load(config: Config, triton_url: str, name: str, timeout_s: float = 600.0) -> None:
+    """Tell Triton to (re)load ``name`` from the repository: it loads the version the config
+    names while the old one serves, and swaps when the new one is ready."""
+    request = urllib.request.Request(f"http://{triton_url}/v2/repository/models/{name}/load", data=b"{}",
+                                     method="POST", headers={"Content-Type": "application/json",
+                                                             TRITON_ADMIN_HEADER: running_admin_key(config)})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            response.read()
+    except urllib.error.HTTPError as exc:
+        raise ReleaseError(f"Triton refused to load {name}: {exc.read().decode(errors='replace')[:500]}") from None
+
+
+def _save_state(config: Config, serving: int, previous: int | None) -> None:
+    path = releases_dir(config) / STATE_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    scratch = path.with_suffix(".tmp")
+    scratch.write_text(json.dumps({"serving": serving, "previous": previous}))
+    scratch.replace(path)

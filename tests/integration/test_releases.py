@@ -1,0 +1,104 @@
+"""Releases on a running Triton: a retrain is rolled out and rolled back under load with zero
+failed requests, every answer says its release, and no answer mixes two releases (each
+answer is exactly what its release serves alone); the batch job records the serving release."""
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from core.artifacts import Artifacts
+from recsys.client import RecommenderClient
+from recsys.jobs import releases, stack
+from recsys.jobs.batch import BatchOptions, run_batch
+from support import settled
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def two_releases(config_factory, tmp_path_factory):
+    """Release 1 serving on real Milvus + Triton (exact search, so answers are deterministic),
+    and release 2 built from a retrain with another seed, not yet rolled out."""
+    root = tmp_path_factory.mktemp("releases")
+    config = config_factory(root, milvus={"collection": "release_items", "index_type": "FLAT"})
+    stack.train(config, production=True)
+    stack.load_features(config)
+    assert stack.export(config) == 1 and releases.serving_release(config) == 1
+    with stack.local_stack(config) as (milvus, triton):
+        other_seed = dataclasses.replace(config.training, seed=config.training.seed + 1)
+        retrained = dataclasses.replace(config, training=other_seed)
+        stack.train(retrained, production=True)
+        assert stack.export(config) == 2 and releases.serving_release(config) == 1  # built, not served
+        yield config, triton
+
+
+def _load(triton, seed: int, users, stop: threading.Event, answers: list, errors: list) -> None:
+    """One client's requests (its own HTTP and gRPC clients: they are not thread-safe)."""
+    rng = np.random.default_rng(seed)
+    clients = [RecommenderClient(triton.http_url, "http"), RecommenderClient(triton.grpc_url, "grpc")]
+    while not stop.is_set():
+        client = clients[rng.integers(len(clients))]
+        batch = rng.choice(users, size=int(rng.integers(1, 6)), replace=False)
+        try:
+            answer = client.recommend(batch)
+        except Exception as exc:  # counted: the bar is zero
+            errors.append(repr(exc))
+            continue
+        for row, user in enumerate(batch.tolist()):
+            answers.append((int(answer["release"][row]), user, answer["item_ids"][row].tolist()))
+    for client in clients:
+        client.close()
+
+
+def test_rollout_and_rollback_under_load_fail_nothing_and_never_mix(two_releases, tmp_path):
+    config, triton = two_releases
+    users = np.sort(pd.read_parquet(Artifacts.of(config).users)["user_id"].to_numpy())[:40]
+    clients = [RecommenderClient(triton.http_url, "http"), RecommenderClient(triton.grpc_url, "grpc")]
+    expected = {1: settled(clients[1], users, 8)}
+    assert {int(r) for r in clients[0].recommend(users[:3])["release"]} == {1}
+
+    stop, answers, errors = threading.Event(), [], []
+    workers = [threading.Thread(target=_load, args=(triton, seed, users, stop, answers, errors), daemon=True)
+               for seed in range(4)]
+    for worker in workers:
+        worker.start()
+    try:
+        time.sleep(2)
+        started = time.monotonic()
+        assert releases.rollout(config, None, triton.http_url) == 2
+        rollout_s = time.monotonic() - started
+        expected[2] = settled(clients[1], users, 8)
+        time.sleep(2)
+        assert releases.rollback(config, triton.http_url) == 1
+        time.sleep(2)
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.join(60)
+    print(f"\nrollout took {rollout_s:.1f}s; {len(answers)} answers under load")
+    assert errors == []
+    assert expected[2] != expected[1]  # the retrain changed answers, so a mixed one would show
+    seen = [release for release, _, _ in answers]
+    assert set(seen) == {1, 2} and seen[-1] == 1  # switched over, and back
+    assert all(items == expected[release][user] for release, user, items in answers)
+    assert releases.serving_release(config) == 1 and releases.state(config)["previous"] == 2
+    for client in clients:
+        client.close()
+
+
+def test_the_batch_job_records_the_serving_release(two_releases, tmp_path):
+    config, _ = two_releases
+    result = run_batch(config, BatchOptions(k=config.serving.top_k, db_url=f"sqlite:///{tmp_path / 'r.db'}",
+                                            user_ids=[1, 2, 3], progress=False))
+    assert result.release == releases.serving_release(config) == 1
+
+
+def test_prune_keeps_the_serving_and_previous_release(two_releases):
+    config, _ = two_releases
+    assert releases.prune(config, keep=1) == []  # 1 serves, 2 is the previous one
+    assert [r.state for r in releases.list_releases(config)] == ["serving", "previous"]
