@@ -27,7 +27,7 @@ from benchmarks.stock_graph import STOCK_MODEL_NAME, export_stock_model
 from core.artifacts import Artifacts
 from core.config import load_config
 from recsys.client import RecommenderClient, stage_seconds
-from recsys.jobs import stack
+from recsys.jobs import releases, stack
 from recsys.runtime.servers import TritonProcess, free_port, running
 
 
@@ -161,10 +161,11 @@ def main(argv=None) -> None:
         "milvus": {"port": free_port()},
         "triton": {"http_port": free_port(), "grpc_port": free_port(), "metrics_port": free_port()}})
     stack.require_artifacts(config)
-    stack.export(config)
+    release = stack.export(config)
     users = pd.read_parquet(Artifacts.of(config).users)["user_id"].to_numpy()
     rows = []
     with stack.local_milvus(config) as milvus:
+        releases.rollout(config, release)  # what was just exported serves (Triton starts below)
         triton = TritonProcess(config)
         with running(triton):
             memory = {"tritonserver": PeakMemory(triton.pid)}

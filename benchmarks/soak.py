@@ -127,9 +127,9 @@ def main(argv=None) -> int:
         "workdir": args.workdir, "milvus": {"port": free_port()},
         "triton": {"http_port": free_port(), "grpc_port": free_port(), "metrics_port": free_port()}})
     stack.require_artifacts(config)
-    stack.export(config)
+    release = stack.export(config)
     users = pd.read_parquet(Artifacts.of(config).users)["user_id"].to_numpy()
-    with stack.local_stack(config) as (milvus, triton):
+    with stack.local_stack(config, release=release) as (milvus, triton):
         pids = {"tritonserver": triton.pid, **({"milvus": milvus.pid} if milvus else {})}
         urls = {"http": triton.http_url, "grpc": triton.grpc_url}
         soak(urls, users, 2, 5.0, pids)  # warm-up

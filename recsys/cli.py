@@ -344,8 +344,8 @@ def _evaluate(config: Config, args) -> None:
         stack.train(config)
     stack.require_artifacts(config)
     stack.load_features(config)
-    with stack.local_milvus(config, reindex=True):
-        report = evaluate(config, max_users=args.eval_users)
+    with stack.local_milvus(config):
+        report = evaluate(stack.build_evaluation_index(config), max_users=args.eval_users)
     print(f"{report['data']} data, {report['split']} split, {report['users']} test users, "
           f"{report['catalogue']} items; training items of each user excluded")
     print(report["table"])

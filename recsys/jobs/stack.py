@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import logging
 from contextlib import contextmanager
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
 
 from core.artifacts import Artifacts
 from core.config import Config
@@ -11,7 +15,7 @@ from recsys.jobs import featurestore, releases
 from recsys.jobs.catalog import Catalog
 from recsys.runtime.servers import MilvusProcess, TritonProcess, running
 from vector_index.client import connect
-from vector_index.collections import aliased_collection
+from vector_index.collections import aliased_collection, build_item_index
 
 LOG = logging.getLogger(__name__)
 
@@ -33,6 +37,19 @@ def build_index(config: Config) -> int:
     """Load the serving release's item vectors into a new collection of Milvus
     (``config.milvus.uri``) and switch its aliases to it."""
     return Catalog(config).rebuild()
+
+
+def build_evaluation_index(config: Config) -> Config:
+    """The trained item vectors of the work directory (an evaluation run, not a release) in a
+    collection of their own, behind ``<collection>__eval``; returns the configuration that
+    searches it. Serving and its releases are untouched."""
+    artifacts = require_artifacts(config)
+    evaluation = replace(config, milvus=replace(config.milvus, collection=f"{config.milvus.collection}__eval"))
+    vectors = pd.read_parquet(artifacts.item_vectors)
+    build_item_index(evaluation.milvus, vectors["item_id"].to_numpy(),
+                     np.stack(vectors["embedding"].to_numpy()).astype(np.float32),
+                     pd.read_parquet(artifacts.items), progress=config.training.progress)
+    return evaluation
 
 
 def export(config: Config) -> int:
@@ -65,11 +82,11 @@ def local_stack(config: Config, reindex: bool = False, release: int | None = Non
 @contextmanager
 def local_milvus(config: Config, reindex: bool = False):
     """Start the local Milvus (unless ``milvus.uri`` points at another one) and (re)build the
-    item index when asked or when the collection is missing; stop it on exit. Yields the
-    process or ``None``."""
+    serving release's item index when asked or when it is missing (nothing before the first
+    release); stop it on exit. Yields the process or ``None``."""
     milvus = None if config.milvus.uri else MilvusProcess(config)
     with running(*([milvus] if milvus else [])):
-        if reindex or not _collection_exists(config):
+        if releases.serving_release(config) is not None and (reindex or not _collection_exists(config)):
             LOG.info("indexing item vectors into %s", config.milvus.collection)
             build_index(config)
         yield milvus

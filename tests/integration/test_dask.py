@@ -80,7 +80,7 @@ def exact_search_config(serving_stack):
     return exact
 
 
-def test_batch_on_dask_workers_stores_the_samestored_lists(exact_search_config, scheduler, tmp_path):
+def test_batch_on_dask_workers_stores_the_same_lists(exact_search_config, scheduler, tmp_path):
     config = exact_search_config
     options = dict(k=config.serving.top_k, chunk_size=40, progress=False)
     single = run_batch(config, BatchOptions(db_url=f"sqlite:///{tmp_path / 'single.db'}", **options))
