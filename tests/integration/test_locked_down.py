@@ -149,6 +149,8 @@ def test_status_reports_every_part_and_fails_when_one_is_down(serving_stack, tmp
     assert code == 0 and report["healthy"], report
     assert checks["triton live"]["ok"] and checks["triton ready"]["ok"]
     assert checks[f"triton model {config.serving.model_name} ready"]["ok"]
+    assert checks["release 1 serving"]["ok"]  # the session's stack serves its first release ...
+    assert checks[f"release {config.serving.model_name} serves 1"]["ok"]  # ... and Triton serves it
     rows = checks[f"milvus collection {config.milvus.collection} rows"]["detail"]
     assert rows.split()[0].replace(",", "").isdigit() and int(rows.split()[0].replace(",", "")) > 0
     assert checks[f"milvus collection {config.milvus.collection} loaded"]["ok"]
