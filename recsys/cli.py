@@ -7,7 +7,7 @@
     recsys recommend 17 42      ask a running server (``--grpc`` for gRPC)
     recsys similar 50 100       items similar to these (the similar_items model)
     recsys status               health of Triton, Milvus and Feast (non-zero exit if unhealthy)
-    recsys catalog count|upsert FILE|delete ID..|rebuild|which|drop    live catalogue operations
+    recsys catalog count|upsert FILE|delete ID..|rebuild|which|drop|journal    live catalogue operations
     recsys batch --k 50 --db sqlite:///recs.db    top-K of every user into a database
     recsys train | features | index | export    single steps
 """
@@ -106,6 +106,9 @@ def _parser() -> argparse.ArgumentParser:
     action.add_parser("which", help="the collection the alias points at")
     drop = action.add_parser("drop", help="drop the alias and its collection (serving fails until rebuild)")
     drop.add_argument("--yes", action="store_true", help="really drop")
+    journal = action.add_parser("journal", help="catalogue edits carried into every later release")
+    journal.add_argument("--clear", action="store_true",
+                         help="forget them (once the items file of the next build has them)")
 
     release = sub.add_parser("release", help="the releases (one per build): list, roll out, roll back, prune")
     step = release.add_subparsers(dest="action", required=True)
@@ -295,6 +298,11 @@ def _catalog(config: Config, args) -> int:
     elif args.action == "rebuild":
         count = catalog.rebuild()
         print(f"{name} -> {catalog.collection()} ({count:,} items)")
+    elif args.action == "journal":
+        if args.clear:
+            print(f"forgot {catalog.clear_journal():,} catalogue edits; later releases start from their items file")
+        else:
+            print(f"{catalog.journal_size():,} catalogue edits carried into every later release")
     elif args.action == "drop":
         if not args.yes:
             raise ValueError("dropping the served collection stops retrieval; add --yes")

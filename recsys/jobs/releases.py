@@ -6,8 +6,9 @@ A release is, all under its id:
   ``similar_items/<n>/``), whose ``serving.json`` names ``release = n`` and the release's own
   Milvus alias ``<collection>__r<n>`` - a model searches its release's item vectors, never
   another's;
-- that alias, pointing at a collection of the release's item vectors (built when the release
-  is first served);
+- that alias, pointing at a collection of the release's item vectors with the catalogue
+  journal's edits applied (built when the release is first served, caught up on the journal
+  whenever it is served again: :mod:`recsys.jobs.catalog_journal`);
 - ``<workdir>/releases/<n>/``: what the graph, the collection, the batch job and catalogue
   operations read later (models, workflows, item vectors, feature tables and list; the work
   directory's layout) and ``release.json``.
@@ -34,8 +35,10 @@ import numpy as np
 import pandas as pd
 
 from core.artifacts import Artifacts
-from core.config import Config
+from core.config import Config, MilvusConfig
 from core.contract import model_config, model_names
+from recsys.jobs import catalog_journal
+from recsys.jobs.catalog_journal import Journal
 from recsys.runtime.servers import TRITON_ADMIN_HEADER, running_admin_key
 from vector_index.client import connect
 from vector_index.collections import aliased_collection, build_item_index, switch_alias
@@ -115,8 +118,12 @@ def create(config: Config, artifacts: Artifacts) -> int:
     serving = replace(config.serving, release=release)
     milvus = replace(config.milvus, collection=release_alias(config, release))
     release_config = replace(config, serving=serving, milvus=milvus)
+    deleted = Journal(config).deleted()
+    if deleted:  # the fallback never offers an item deleted from the catalogue
+        popular = pd.read_parquet(kept.popular_items)
+        popular[~popular["item_id"].isin(deleted)].to_parquet(kept.popular_items, index=False)
     for name, contract in model_names(config).items():
-        export_version(release_config, artifacts, name, contract, release)
+        export_version(release_config, kept, name, contract, release)
     record = Release(release, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), release_alias(config, release))
     payload = {k: v for k, v in asdict(record).items() if k != "state"}
     (kept.root / RELEASE_FILE).write_text(json.dumps(payload, indent=2))
@@ -141,25 +148,59 @@ def serving_artifacts(config: Config) -> Artifacts:
 
 
 def ensure_collection(config: Config, release: int, rebuild: bool = False) -> int:
-    """Build release ``release``'s collection (its item vectors, behind its alias) if it has
-    none, or anew when ``rebuild``; the public alias follows when the release is serving.
-    Returns the row count (0 when nothing was built)."""
+    """Build release ``release``'s collection (its item vectors with the catalogue journal
+    applied, behind its alias) if it has none, or anew when ``rebuild``; the public alias
+    follows when the release is serving. Then catch it up on the journal. Returns the row
+    count (0 when nothing was built)."""
+    alias = release_alias(config, release)
     client = connect(config.milvus, max(config.milvus.timeout_s, 30.0))
     try:
-        exists = aliased_collection(client, release_alias(config, release)) is not None
+        exists = aliased_collection(client, alias) is not None
     finally:
         client.close()
-    if exists and not rebuild:
-        return 0
+    count = 0
+    if rebuild or not exists:
+        kept = release_artifacts(config, release)
+        if not kept.item_vectors.is_file():
+            raise ReleaseError(f"release {release} keeps no item vectors in {kept.root}")
+        edits = Journal(config).edits(kept)
+        also = (config.milvus.collection,) if release == serving_release(config) else ()
+        count = index_items(replace(config.milvus, collection=alias), kept, edits,
+                            progress=config.training.progress, also=also)
+        catalog_journal.mark_applied(kept.root, edits.last)
+    journal = Journal(config)
+    with journal.locked():
+        catch_up(config, release, journal)
+    return count
+
+
+def index_items(milvus: MilvusConfig, artifacts: Artifacts, edits: catalog_journal.Edits | None = None,
+                progress: bool = False, also: tuple[str, ...] = ()) -> int:
+    """A new collection behind ``milvus.collection`` (and ``also``) of ``artifacts``' trained
+    item vectors, with catalogue ``edits`` applied; returns its row count."""
+    vectors = pd.read_parquet(artifacts.item_vectors)
+    ids = vectors["item_id"].to_numpy()
+    matrix = np.stack(vectors["embedding"].to_numpy()).astype(np.float32)
+    items = pd.read_parquet(artifacts.items)
+    if edits:
+        ids, matrix, items = catalog_journal.with_edits(ids, matrix, items, artifacts, edits)
+    return build_item_index(milvus, ids, matrix, items, progress=progress, also=also)
+
+
+def catch_up(config: Config, release: int, journal: Journal) -> None:
+    """Write the journal's edits that release ``release``'s collection has not seen into it
+    (the caller holds the journal's lock)."""
     kept = release_artifacts(config, release)
-    if not kept.item_vectors.is_file():
-        raise ReleaseError(f"release {release} keeps no item vectors in {kept.root}")
-    vectors = pd.read_parquet(kept.item_vectors)
-    also = (config.milvus.collection,) if release == serving_release(config) else ()
-    return build_item_index(replace(config.milvus, collection=release_alias(config, release)),
-                            vectors["item_id"].to_numpy(),
-                            np.stack(vectors["embedding"].to_numpy()).astype(np.float32),
-                            pd.read_parquet(kept.items), progress=config.training.progress, also=also)
+    edits = journal.edits(kept, after=catalog_journal.applied(kept.root))
+    if not edits:
+        return
+    client = connect(config.milvus, max(config.milvus.timeout_s, 30.0))
+    try:
+        catalog_journal.apply_to_collection(client, release_alias(config, release), kept, edits,
+                                            milvus_timeout_s=config.milvus.timeout_s)
+    finally:
+        client.close()
+    catalog_journal.mark_applied(kept.root, edits.last)
 
 
 def rollout(config: Config, release: int | None = None, triton_url: str | None = None) -> int:
@@ -184,12 +225,16 @@ def rollout(config: Config, release: int | None = None, triton_url: str | None =
                 for name in model_names(config):
                     _load(config, triton_url, name)
         raise
-    client = connect(config.milvus, max(config.milvus.timeout_s, 30.0))
-    try:
-        switch_alias(client, config.milvus.collection, aliased_collection(client, release_alias(config, release)))
-    finally:
-        client.close()
-    _save_state(config, release, before if before != release else state(config)["previous"])
+    journal = Journal(config)
+    with journal.locked():  # no catalogue edit lands in a collection that stops serving unrecorded
+        catch_up(config, release, journal)
+        client = connect(config.milvus, max(config.milvus.timeout_s, 30.0))
+        try:
+            switch_alias(client, config.milvus.collection,
+                         aliased_collection(client, release_alias(config, release)))
+        finally:
+            client.close()
+        _save_state(config, release, before if before != release else state(config)["previous"])
     return release
 
 

@@ -6,16 +6,13 @@ import logging
 from contextlib import contextmanager
 from dataclasses import replace
 
-import numpy as np
-import pandas as pd
-
 from core.artifacts import Artifacts
 from core.config import Config
-from recsys.jobs import featurestore, releases
+from recsys.jobs import catalog_journal, featurestore, releases
 from recsys.jobs.catalog import Catalog
 from recsys.runtime.servers import MilvusProcess, TritonProcess, running
 from vector_index.client import connect
-from vector_index.collections import aliased_collection, build_item_index
+from vector_index.collections import aliased_collection
 
 LOG = logging.getLogger(__name__)
 
@@ -29,8 +26,14 @@ def train(config: Config, production: bool = False) -> Artifacts:
 
 
 def load_features(config: Config) -> None:
-    """``feast apply`` + ``feast materialize-incremental`` in the configured repo."""
+    """``feast apply`` + ``feast materialize-incremental`` in the configured repo, then the
+    features of items upserted through the catalogue written again (the items file the build
+    read may hold older ones, or none)."""
     featurestore.apply_and_materialize(config)
+    artifacts = Artifacts.of(config)
+    upserted = catalog_journal.Journal(config).edits(artifacts).upserts
+    if len(upserted):
+        catalog_journal.write_features(config, artifacts, upserted)
 
 
 def build_index(config: Config) -> int:
@@ -45,10 +48,7 @@ def build_evaluation_index(config: Config) -> Config:
     searches it. Serving and its releases are untouched."""
     artifacts = require_artifacts(config)
     evaluation = replace(config, milvus=replace(config.milvus, collection=f"{config.milvus.collection}__eval"))
-    vectors = pd.read_parquet(artifacts.item_vectors)
-    build_item_index(evaluation.milvus, vectors["item_id"].to_numpy(),
-                     np.stack(vectors["embedding"].to_numpy()).astype(np.float32),
-                     pd.read_parquet(artifacts.items), progress=config.training.progress)
+    releases.index_items(evaluation.milvus, artifacts, progress=config.training.progress)
     return evaluation
 
 
