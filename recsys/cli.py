@@ -9,6 +9,8 @@
     recsys status               health of Triton, Milvus and Feast (non-zero exit if unhealthy)
     recsys catalog count|upsert FILE|delete ID..|rebuild|which|drop|journal    live catalogue operations
     recsys batch --k 50 --db sqlite:///recs.db    top-K of every user into a database
+    recsys release list|rollout [--force]|rollback|prune    releases, the quality gate
+    recsys pipeline             the daily job: import new files, train, gate, roll out, batch, prune
     recsys train | features | index | export    single steps
 """
 from __future__ import annotations
@@ -115,9 +117,20 @@ def _parser() -> argparse.ArgumentParser:
     step.add_parser("list", help="every release kept, and which one serves")
     rollout = step.add_parser("rollout", help="serve a release (default: the newest), live if Triton runs")
     rollout.add_argument("release", nargs="?", type=int, help="release id (default: the newest)")
-    step.add_parser("rollback", help="serve the previous release again")
+    rollout.add_argument("--force", action="store_true",
+                         help="roll out even if the quality gate refuses it (release.max_regression)")
+    step.add_parser("rollback", help="serve the previous release again (not gated)")
     prune = step.add_parser("prune", help="delete old releases (never the serving or previous one)")
-    prune.add_argument("--keep", type=int, default=3, help="newest releases kept (default 3)")
+    prune.add_argument("--keep", type=int, help="newest releases kept (default: release.keep)")
+
+    pipeline = sub.add_parser("pipeline", help="the daily job: import new interaction files, train, gate, "
+                                               "roll out, refresh the batch table, prune (resumable)")
+    pipeline.add_argument("--inbox", help="folder of new interaction files (default: pipeline.inbox, "
+                                          "else <workdir>/inbox)")
+    pipeline.add_argument("--batch-db", metavar="URL", help="batch table to refresh (default: pipeline.batch_db; "
+                                                            "empty: no batch step)")
+    pipeline.add_argument("--force", action="store_true", help="roll out even if the quality gate refuses")
+    pipeline.add_argument("--retrain", action="store_true", help="run even without new files")
 
     status = sub.add_parser("status", help="health of Triton, Milvus and Feast (exit 1 if unhealthy)")
     status.add_argument("--json", action="store_true", help="machine-readable output")
@@ -246,28 +259,47 @@ def _say_release(config: Config, release: int) -> None:
 
 
 def _release(config: Config, args) -> int:
-    import urllib.request
-
-    from recsys.jobs import releases
+    from recsys.jobs import gate, releases
 
     if args.action == "list":
         for release in releases.list_releases(config):
-            print(f"{release.id:>4}  {release.state:<8}  {release.created}  {release.alias}")
+            figures = "  ".join(f"{label} {release.validation[key]:.4f}" for key, label in gate.METRICS
+                                if key in release.validation) or "no validation figures"
+            print(f"{release.id:>4}  {release.state:<8}  {release.created}  {release.alias}  {figures}")
         return 0
     if args.action == "prune":
-        deleted = releases.prune(config, args.keep)
+        deleted = releases.prune(config, args.keep or config.release.keep)
         print(f"deleted releases {', '.join(map(str, deleted))}" if deleted else "nothing to prune")
         return 0
-    url = f"{config.triton.host}:{config.triton.http_port}"
-    try:
-        with urllib.request.urlopen(f"http://{url}/v2/health/live", timeout=2):
-            pass
-    except OSError:
-        url = None  # no Triton runs: the next `recsys serve` serves the release
+    url = releases.live_triton(config)  # None: the next `recsys serve` serves the release
+    if args.action == "rollout":
+        target = args.release if args.release is not None else max(
+            [r.id for r in releases.list_releases(config)], default=None)
+        verdict = gate.check(config, target) if target is not None else None
+        if verdict is not None:
+            print(verdict.table())
+            if not verdict.passed and not args.force:
+                return 3
+            if not verdict.passed:
+                print(f"--force: rolling out release {target} although the gate refused it")
     done = (releases.rollback(config, url) if args.action == "rollback"
             else releases.rollout(config, args.release, url))
     print(f"release {done} serves" + ("" if url else " (from the next `recsys serve`; no Triton runs)"))
     return 0
+
+
+def _pipeline(config: Config, args) -> int:
+    """``recsys pipeline``: exit 0 when done (or nothing new), 3 when the gate refused the release."""
+    from dataclasses import replace
+
+    from recsys.jobs.pipeline import run_pipeline
+
+    if args.inbox or args.batch_db:
+        config = replace(config, pipeline=replace(config.pipeline, inbox=args.inbox or config.pipeline.inbox,
+                                                  batch_db=args.batch_db or config.pipeline.batch_db))
+    outcome = run_pipeline(config, force=args.force, retrain=args.retrain, say=lambda line: print(line, flush=True))
+    print(outcome.summary())
+    return 3 if outcome.status == "refused" else 0
 
 
 def _catalog(config: Config, args) -> int:
@@ -483,6 +515,8 @@ def main(argv: list[str] | None = None) -> int:
             return _release(config, args)
         if args.command == "batch":
             return _batch(config, args)
+        if args.command == "pipeline":
+            return _pipeline(config, args)
         if args.command == "status":
             from recsys.status import render, status
 

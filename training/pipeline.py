@@ -18,7 +18,7 @@ import pandas as pd
 from core import progress
 from core.artifacts import Artifacts
 from core.config import Config
-from training import features, sources, tuning
+from training import features, imported, sources, tuning
 from training import workflows as wf
 from training.dataset import InteractionData, load_files
 from training.feast_source import check_feature_repo_owner, ensure_feature_repo, write_feast_source
@@ -36,10 +36,10 @@ def resolve_split(config: Config) -> str:
 
 
 def load_data(config: Config, production: bool = False) -> tuple[InteractionData, pd.DataFrame, pd.DataFrame]:
-    """The data set and its (train, test) split (or the given held-out file as test). In a
-    ``production`` build nothing of the data is held out: train is every interaction (test is
-    empty, or the given held-out file)."""
-    data = sources.load(config.data)
+    """The data set (with the interactions the pipeline imported) and its (train, test) split
+    (or the given held-out file as test). In a ``production`` build nothing of the data is held
+    out: train is every interaction (test is empty, or the given held-out file)."""
+    data = imported.appended(sources.load(config.data), config.imported_dir)
     LOG.info("data set:\n%s", data.summary())
     if production and not config.data.test_interactions_path:
         return data, data.interactions, data.interactions.iloc[:0]
@@ -126,6 +126,7 @@ def run(config: Config, top_popular: int = 1000, production: bool = False) -> Ar
         "split": "none (production build)" if production else resolve_split(config),
         "production": production, "embedding_dim": int(vectors.shape[1]),
         "tuning": dataclasses.asdict(choice), "timings": timings,
+        "validation": choice.validation,  # the release gate's figures (selection run)
     }
     out.report.write_text(json.dumps(report, indent=2))
     LOG.info("training done: %s", report)

@@ -24,6 +24,7 @@ from training.tables import Tables
 
 LOG = logging.getLogger(__name__)
 WEIGHTS = (0.0, 0.25, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+GATE_METRICS = ("ndcg@10", "recall@10", "hit_rate@10")
 
 
 @dataclass
@@ -34,6 +35,9 @@ class Choice:
     ranker_epochs: int
     retrieval_weight: float
     curves: dict = field(default_factory=dict)
+    # The cascade's order (exact retrieval, ranker, blend) at the chosen epochs and weight on
+    # the validation users: what the release gate compares (empty without validation).
+    validation: dict = field(default_factory=dict)
 
 
 def seen_matrix(pairs: tuple[np.ndarray, np.ndarray], n_users: int, n_items: int) -> sparse.csr_matrix:
@@ -70,11 +74,16 @@ class Validation:
         self.truth = valid[valid["user_id"].isin(self.user_ids)][["user_id", "item_id"]]
         self.item_ids = tables.items["item_id"].to_numpy()
 
-    def ndcg(self, item_rows: np.ndarray, scores: np.ndarray | None = None) -> float:
+    def metrics(self, item_rows: np.ndarray, scores: np.ndarray | None = None) -> dict[str, float]:
+        """NDCG, recall and hit rate at 10 of the first ten rows (ordered by ``scores`` if given)."""
         if scores is not None:
             item_rows = np.take_along_axis(item_rows, np.argsort(-scores, axis=1, kind="stable"), 1)
         recommended = self.item_ids[item_rows[:, :10]]
-        return metrics.ranking_metrics(recommended, self.user_ids, self.truth, ks=(10,))["ndcg@10"]
+        found = metrics.ranking_metrics(recommended, self.user_ids, self.truth, ks=(10,))
+        return {name: found[name] for name in GATE_METRICS}
+
+    def ndcg(self, item_rows: np.ndarray, scores: np.ndarray | None = None) -> float:
+        return self.metrics(item_rows, scores)["ndcg@10"]
 
 
 def _user_inputs(tables, spec, rows=None):
@@ -109,14 +118,16 @@ def tune(config: Config, data, train: pd.DataFrame, workflows: dict, specs: dict
                     specs["item"], cfg, cfg.retrieval_epochs, after_tower_epoch, label="validation two-tower")
     candidates, retrieval_scores = top_candidates(*best["tower"], seen, k)
     ranker_curve: list[list[float]] = []
+    measured: list[list[dict]] = []
 
     def after_ranker_epoch(epoch, ranker):
         rows = candidates[check.rows]
         inputs = _user_inputs(tables, specs["ranker"], check.rows)
         inputs.update({name: values[rows] for name, values in tables.item_inputs.items()})
         ranking = ranker.score(inputs)
-        ranker_curve.append([check.ndcg(rows, blend_scores(retrieval_scores[check.rows], ranking, w))
-                             for w in WEIGHTS])
+        measured.append([check.metrics(rows, blend_scores(retrieval_scores[check.rows], ranking, w))
+                         for w in WEIGHTS])
+        ranker_curve.append([found["ndcg@10"] for found in measured[-1]])
         LOG.info("validation: ranker epoch %d ndcg@10 by retrieval weight %s: %s", epoch, WEIGHTS,
                  np.round(ranker_curve[-1], 4).tolist())
         best_epoch = int(np.argmax([max(c) for c in ranker_curve]))
@@ -129,7 +140,9 @@ def tune(config: Config, data, train: pd.DataFrame, workflows: dict, specs: dict
     epoch, weight = np.unravel_index(int(np.argmax(curve)), curve.shape)
     choice = Choice(int(np.argmax(tower_curve)) + 1, int(epoch) + 1, float(WEIGHTS[weight]),
                     {"tower_ndcg@10": tower_curve, "ranker_ndcg@10_by_weight": curve.tolist(),
-                     "weights": list(WEIGHTS), "validation_users": int(len(check.user_ids))})
+                     "weights": list(WEIGHTS), "validation_users": int(len(check.user_ids))},
+                    {**measured[epoch][weight], "users": int(len(check.user_ids)),
+                     "interactions": int(len(check.truth))})
     LOG.info("validation chose %s", choice)
     return choice
 

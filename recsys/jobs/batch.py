@@ -21,7 +21,6 @@ import socket
 import sys
 import time
 from collections import defaultdict
-from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Callable
@@ -39,7 +38,6 @@ from recsys.jobs.batch_backends import cascade
 from recsys.jobs.batch_options import DEFAULT_CHUNK, DEFAULT_K, BatchOptions, BatchResult
 from recsys.jobs.batch_store import COMPLETE, RUNNING, BatchStore, safe_url
 from recsys.jobs.batch_users import resolve_users, training_users
-from vector_index.client import MilvusUnavailable, connect, quiet_pymilvus
 
 
 # -- model version -------------------------------------------------------------------------
@@ -127,7 +125,7 @@ def run_batch(config: Config, options: BatchOptions,
         unknown = int((~np.isin(users, known)).sum())
         batch_dir = config.workdir / "batch" / run_id
         try:
-            with _milvus(config):
+            with stack.milvus_for_job(config):
                 serving = replace(config.serving, top_k=k, max_batch_users=max(chunk_size, 1))
                 write_ensemble(replace(config, serving=serving), artifacts, batch_dir / "ensemble")
                 todo = _todo(store, run_id, users)
@@ -267,24 +265,6 @@ def _worker_alive(worker: str) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
     except (OSError, IndexError):
         return True
-
-
-@contextmanager
-def _milvus(config: Config):
-    """Use the Milvus at the configured address if it answers (e.g. the one ``recsys serve``
-    runs); otherwise start the local one for the run (indexing the items if needed)."""
-    if not config.milvus.uri:
-        try:
-            with quiet_pymilvus():
-                client = connect(config.milvus, timeout_s=2)
-        except MilvusUnavailable:
-            client = None
-        if client is None:
-            with stack.local_milvus(config) as process:
-                yield process
-            return
-        client.close()
-    yield None
 
 
 def render(result: BatchResult, db: str) -> str:

@@ -15,7 +15,7 @@ A release is, all under its id:
 
 Rolling out ``n`` (:func:`rollout`): its collection is built and loaded first, then each
 model's ``config.pbtxt`` names version ``n`` (``version_policy: specific``) and Triton is told to
-load it (explicit model control, through the admin key): Triton loads and warms the new version
+load it (explicit model control over gRPC, through the admin key): Triton loads and warms the new version
 while the old one serves, switches, and unloads the old one once its in-flight requests are
 done. Then the public alias (``milvus.collection``, what catalogue operations and outside
 readers use) points at the release's collection. Rolling back is rolling out the previous
@@ -26,9 +26,8 @@ from __future__ import annotations
 import json
 import shutil
 import time
-import urllib.error
 import urllib.request
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +38,7 @@ from core.config import Config, MilvusConfig
 from core.contract import model_config, model_names
 from recsys.jobs import catalog_journal
 from recsys.jobs.catalog_journal import Journal
-from recsys.runtime.servers import TRITON_ADMIN_HEADER, running_admin_key
+from recsys.runtime.servers import TRITON_GRPC_ADMIN_HEADER, running_admin_key
 from vector_index.client import connect
 from vector_index.collections import aliased_collection, build_item_index, switch_alias
 
@@ -60,6 +59,10 @@ class Release:
     created: str
     alias: str
     state: str = "built"  # built | serving | previous
+    interactions: int = 0  # what its models were trained on
+    # NDCG/Recall/HitRate@10 of its cascade's order on its build's validation split (the
+    # selection run of training.tuning); empty when training.validate was off.
+    validation: dict = field(default_factory=dict)
 
 
 def releases_dir(config: Config) -> Path:
@@ -98,6 +101,24 @@ def serving_release(config: Config) -> int | None:
     return state(config)["serving"]
 
 
+def get(config: Config, release: int) -> Release:
+    """Release ``release`` as listed, or :class:`ReleaseError`."""
+    for found in list_releases(config):
+        if found.id == release:
+            return found
+    raise ReleaseError(f"no release {release} (releases: {[r.id for r in list_releases(config)] or 'none'})")
+
+
+def live_triton(config: Config) -> str | None:
+    """The local Triton's gRPC ``host:port`` if it is live (a running ``recsys serve``), else ``None``."""
+    try:
+        with urllib.request.urlopen(f"http://{config.triton.host}:{config.triton.http_port}/v2/health/live",
+                                    timeout=2):
+            return f"{config.triton.host}:{config.triton.grpc_port}"
+    except OSError:
+        return None
+
+
 def create(config: Config, artifacts: Artifacts) -> int:
     """Make a release of the trained ``artifacts``: the next id, the item side kept under
     ``releases/<n>/``, version ``n`` of every model exported. The first release serves at once
@@ -124,7 +145,10 @@ def create(config: Config, artifacts: Artifacts) -> int:
         popular[~popular["item_id"].isin(deleted)].to_parquet(kept.popular_items, index=False)
     for name, contract in model_names(config).items():
         export_version(release_config, kept, name, contract, release)
-    record = Release(release, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), release_alias(config, release))
+    report = json.loads(kept.report.read_text()) if kept.report.is_file() else {}
+    record = Release(release, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), release_alias(config, release),
+                     interactions=int(report.get("train_interactions", 0)),
+                     validation=report.get("validation") or {})
     payload = {k: v for k, v in asdict(record).items() if k != "state"}
     (kept.root / RELEASE_FILE).write_text(json.dumps(payload, indent=2))
     if serving_release(config) is None:
@@ -137,7 +161,8 @@ def _kept_files(artifacts: Artifacts, kept: Artifacts):
     """What a release keeps of its build: all that its graph, its collection, the batch job and
     the catalogue read (not the interaction files)."""
     for name in ("users", "items", "features", "popular_items", "user_id_map", "item_id_map", "user_workflow",
-                 "item_workflow", "query_tower", "item_tower", "ranking_model", "item_vectors", "ordering"):
+                 "item_workflow", "query_tower", "item_tower", "ranking_model", "item_vectors", "ordering",
+                 "report"):
         yield getattr(artifacts, name), getattr(kept, name)
 
 
@@ -203,10 +228,11 @@ def catch_up(config: Config, release: int, journal: Journal) -> None:
     catalog_journal.mark_applied(kept.root, edits.last)
 
 
-def rollout(config: Config, release: int | None = None, triton_url: str | None = None) -> int:
+def rollout(config: Config, release: int | None = None, triton_grpc: str | None = None) -> int:
     """Serve ``release`` (default: the newest): its collection first, then every model's new
-    version on the running Triton at ``triton_url`` (its HTTP ``host:port``; ``None``: no Triton
-    runs, the next start serves it), then the public alias. Returns the release."""
+    version on the running Triton whose gRPC endpoint is ``triton_grpc`` (``host:port``;
+    ``None``: no Triton runs, the next start serves it), then the public alias. Returns the
+    release."""
     kept = {r.id for r in list_releases(config)}
     release = max(kept) if release is None and kept else release
     if release not in kept:
@@ -215,15 +241,15 @@ def rollout(config: Config, release: int | None = None, triton_url: str | None =
     ensure_collection(config, release)
     _write_model_configs(config, release)
     try:
-        if triton_url:
+        if triton_grpc:
             for name in reversed(list(model_names(config))):  # similar_items, then recommender
-                _load(config, triton_url, name)
+                _load(config, triton_grpc, name)
     except BaseException:
         if before is not None:  # what runs now, and what a restart would load
             _write_model_configs(config, before)
-            if triton_url:
+            if triton_grpc:
                 for name in model_names(config):
-                    _load(config, triton_url, name)
+                    _load(config, triton_grpc, name)
         raise
     journal = Journal(config)
     with journal.locked():  # no catalogue edit lands in a collection that stops serving unrecorded
@@ -238,12 +264,12 @@ def rollout(config: Config, release: int | None = None, triton_url: str | None =
     return release
 
 
-def rollback(config: Config, triton_url: str | None = None) -> int:
+def rollback(config: Config, triton_grpc: str | None = None) -> int:
     """Serve the release served before the current one again (:func:`rollout`)."""
     previous = state(config)["previous"]
     if previous is None:
         raise ReleaseError("no previous release to roll back to")
-    return rollout(config, previous, triton_url)
+    return rollout(config, previous, triton_grpc)
 
 
 def prune(config: Config, keep: int = KEEP) -> list[int]:
@@ -273,22 +299,32 @@ def prune(config: Config, keep: int = KEEP) -> list[int]:
 
 
 def _write_model_configs(config: Config, release: int) -> None:
+    """Every model's ``config.pbtxt`` naming version ``release``, each replaced atomically (a
+    Triton polling the repository never reads half a file)."""
     for name, contract in model_names(config).items():
-        (config.model_repository / name / "config.pbtxt").write_text(
-            model_config(contract, name, config.serving.top_k, version=release))
+        path = config.model_repository / name / "config.pbtxt"
+        scratch = path.with_suffix(".tmp")
+        scratch.write_text(model_config(contract, name, config.serving.top_k, version=release))
+        scratch.replace(path)
 
 
-def _load(config: Config, triton_url: str, name: str, timeout_s: float = 600.0) -> None:
+def _load(config: Config, triton_grpc: str, name: str, timeout_s: float = 600.0) -> None:
     """Tell Triton to (re)load ``name`` from the repository: it loads the version the config
-    names while the old one serves, and swaps when the new one is ready."""
-    request = urllib.request.Request(f"http://{triton_url}/v2/repository/models/{name}/load", data=b"{}",
-                                     method="POST", headers={"Content-Type": "application/json",
-                                                             TRITON_ADMIN_HEADER: running_admin_key(config)})
+    names while the old one serves, and swaps when the new one is ready. Over gRPC, where
+    Triton runs a load on a thread of its own: its HTTP frontend runs it on the worker thread
+    of the connection, stalling every inference connection that shares that thread for the
+    whole load (seen as 30 s client timeouts during rollouts)."""
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    client = grpcclient.InferenceServerClient(triton_grpc)
     try:
-        with urllib.request.urlopen(request, timeout=timeout_s) as response:
-            response.read()
-    except urllib.error.HTTPError as exc:
-        raise ReleaseError(f"Triton refused to load {name}: {exc.read().decode(errors='replace')[:500]}") from None
+        client.load_model(name, headers={TRITON_GRPC_ADMIN_HEADER: running_admin_key(config)},
+                          client_timeout=timeout_s)
+    except InferenceServerException as exc:
+        raise ReleaseError(f"Triton refused to load {name}: {str(exc)[:500]}") from None
+    finally:
+        client.close()
 
 
 def _save_state(config: Config, serving: int, previous: int | None) -> None:

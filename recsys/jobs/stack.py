@@ -11,7 +11,7 @@ from core.config import Config
 from recsys.jobs import catalog_journal, featurestore, releases
 from recsys.jobs.catalog import Catalog
 from recsys.runtime.servers import MilvusProcess, TritonProcess, running
-from vector_index.client import connect
+from vector_index.client import MilvusUnavailable, connect, quiet_pymilvus
 from vector_index.collections import aliased_collection
 
 LOG = logging.getLogger(__name__)
@@ -90,6 +90,24 @@ def local_milvus(config: Config, reindex: bool = False):
             LOG.info("indexing item vectors into %s", config.milvus.collection)
             build_index(config)
         yield milvus
+
+
+@contextmanager
+def milvus_for_job(config: Config):
+    """Use the Milvus at the configured address if it answers (e.g. the one ``recsys serve``
+    runs); otherwise start the local one for the job (indexing the items if needed)."""
+    if not config.milvus.uri:
+        try:
+            with quiet_pymilvus():
+                client = connect(config.milvus, timeout_s=2)
+        except MilvusUnavailable:
+            client = None
+        if client is None:
+            with local_milvus(config) as process:
+                yield process
+            return
+        client.close()
+    yield None
 
 
 def _collection_exists(config: Config) -> bool:

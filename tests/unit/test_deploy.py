@@ -292,8 +292,10 @@ def test_secret_holds_placeholders_only():
     secret = yaml.safe_load((K8S / "secret.yaml").read_text())
     assert "PLACEHOLDERS, NOT CREDENTIALS" in (K8S / "secret.yaml").read_text()
     data = secret["stringData"]
-    assert set(data) == {"RECSYS_MILVUS_URI", "RECSYS_MILVUS_TOKEN", "FEAST_REDIS_CONNECTION_STRING"}
+    assert set(data) == {"RECSYS_MILVUS_URI", "RECSYS_MILVUS_TOKEN", "FEAST_REDIS_CONNECTION_STRING",
+                         "RECSYS_PIPELINE_BATCH_DB"}
     assert "CHANGE-ME" in data["RECSYS_MILVUS_TOKEN"] and "password=CHANGE-ME" in data["FEAST_REDIS_CONNECTION_STRING"]
+    assert "CHANGE-ME-password@" in data["RECSYS_PIPELINE_BATCH_DB"]
 
 
 def test_kubernetes_settings_are_known_variables():
