@@ -181,6 +181,7 @@ class ServingConfig:
 
     model_name: str = "recommender"
     similar_model_name: str = "similar_items"
+    events_model_name: str = "events"
     top_k: int = 10
     retrieval_k: int = 100
     max_batch_users: int = 1024

@@ -1,12 +1,12 @@
 """Export the served models as a Triton model repository, every model the same way:
 
     model_repository/
-      recommender/            (and similar_items/, each named in config.serving)
+      recommender/            (and similar_items/, events/, each named in config.serving)
         config.pbtxt          the contract's inputs and outputs (core.contract), Python backend,
                               the version (release) Triton serves
         <n>/                  one version per release (recsys.jobs.releases)
           model.py            ensemble/triton_model.py
-          ensemble/           pickled graph + operator artifacts + serving.json
+          ensemble/           pickled graph + operator artifacts + serving.json (events: serving.json)
 """
 from __future__ import annotations
 
@@ -47,6 +47,12 @@ def export_version(config: Config, artifacts: Artifacts, name: str, contract: Mo
     """Write version ``version`` of model ``name`` (its graph and ``model.py``), replacing that
     version only; ``config.pbtxt``, which says what Triton serves, is left as it is."""
     version_dir = config.model_repository / name / str(version)
-    write_ensemble(config, artifacts, version_dir / "ensemble", contract)
+    if contract.kind in GRAPHS:
+        write_ensemble(config, artifacts, version_dir / "ensemble", contract)
+    else:  # a model without a graph (events) reads only the serving settings
+        target = version_dir / "ensemble"
+        shutil.rmtree(target, ignore_errors=True)
+        target.mkdir(parents=True)
+        write_serving_config(config, target)
     shutil.copyfile(TRITON_MODEL, version_dir / "model.py")
     return version_dir

@@ -2,7 +2,8 @@
 
 ``recommender``:
 
-    user_id -> Feast(user) -> NVTabular(user) -> user tower -> QueryMilvus (retrieval_k, the
+    user_id -> Feast(user) -> the session's clicks (recent_items) merged into the history
+            -> NVTabular(user) -> user tower -> QueryMilvus (retrieval_k, the
             user's own items excluded, the request filter's Milvus part pushed down)
             -> Feast(items) -> NVTabular(item) -> DLRM -> the request filter on the raw item
             features -> order by the blended score (top_k) -> fallback / cold start
@@ -32,15 +33,20 @@ from core.contract import CATEGORY_FEATURE, RECOMMENDER, SIMILAR_ITEMS, ModelCon
 from operators.feast_lookup import QueryFeatures
 from operators.ordering import FilterCandidates, OrderCandidates, PopularFallback, TopSimilar
 from operators.query_milvus import QueryMilvus
+from operators.session import RECENT_ITEMS, SESSION_USER, MergeSession
 from operators.similar_items import SimilarItems
 from operators.tensorflow import PredictSavedModel
 from operators.workflow import TransformFeatures
-from training.features import HISTORY
+from training.features import HISTORY, USER_COUNT
 
 
-def request_schema(contract: ModelContract) -> Schema:
-    """The graph's input: the contract's id column, ``[batch]`` INT64."""
-    return Schema([ColumnSchema(contract.id_input, dtype=np.int64, dims=(None,))])
+def request_schema(contract: ModelContract, session: bool = False) -> Schema:
+    """The graph's input: the contract's id column, ``[batch]`` INT64 (and with ``session``
+    the visitors' recent clicks, ``[batch, clicks]`` INT64 padded with -1)."""
+    columns = [ColumnSchema(contract.id_input, dtype=np.int64, dims=(None,))]
+    if session:
+        columns.append(ColumnSchema(RECENT_ITEMS, dtype=np.int64, dims=(None, None)))
+    return Schema(columns)
 
 
 def popular_item_features(config: Config, popular_ids: np.ndarray, features: dict[str, str]) -> dict[str, list]:
@@ -66,8 +72,11 @@ def build_recommender(config: Config, artifacts: Artifacts) -> Ensemble:
     popular = pd.read_parquet(artifacts.popular_items)
     embedding_dim = int(pd.read_parquet(artifacts.item_vectors).iloc[0]["embedding"].shape[0])
     ttl = serving.feature_cache_ttl_s
-    user_raw = ["user_id"] >> QueryFeatures("user_features", "user_id", views["user_features"],
-                                            found_column="user_found", cache_ttl_s=ttl)
+    stored = ["user_id"] >> QueryFeatures("user_features", "user_id", views["user_features"],
+                                          found_column="user_found", cache_ttl_s=ttl)
+    user_raw = (stored + [RECENT_ITEMS]) >> MergeSession(
+        ordering.get("max_history", config.training.max_history),
+        count_column=USER_COUNT if USER_COUNT in views["user_features"] else None)
     user_encoded = user_raw >> TransformFeatures(artifacts.user_workflow, "user")
     user_vector = user_encoded >> PredictSavedModel(artifacts.query_tower, "query_tower",
                                                     "user_embedding", (None, embedding_dim))
@@ -79,7 +88,7 @@ def build_recommender(config: Config, artifacts: Artifacts) -> Ensemble:
         category_feature=CATEGORY_FEATURE if CATEGORY_FEATURE in item_views else None)
     item_raw = candidates["candidate_ids"] >> QueryFeatures(
         "item_features", "item_id", views["item_features"], entity_column="candidate_ids",
-        cache_ttl_s=ttl, warm_ids=pd.read_parquet(artifacts.items)["item_id"].to_numpy())
+        cache_ttl_s=ttl, warm_ids=pd.read_parquet(artifacts.items)["item_id"].to_numpy(), on_update="refresh")
     item_encoded = item_raw >> TransformFeatures(artifacts.item_workflow, "item")
     ranked = (user_encoded + item_encoded) >> PredictSavedModel(
         artifacts.ranking_model, "dlrm", "ranking_score", (None, serving.retrieval_k))
@@ -87,10 +96,11 @@ def build_recommender(config: Config, artifacts: Artifacts) -> Ensemble:
             else candidates["candidate_ids"]) >> FilterCandidates()
     ordered = (kept + candidates["candidate_scores"] + ranked) >> OrderCandidates(
         serving.top_k, ordering["retrieval_weight"])
-    answer = (ordered + user_raw["user_found", HISTORY]) >> PopularFallback(
+    answer = (ordered + user_raw["user_found", HISTORY, SESSION_USER]) >> PopularFallback(
         popular["item_id"].to_numpy(), popular["score"].to_numpy(), serving.top_k,
-        popular_features=popular_item_features(config, popular["item_id"].to_numpy(), item_views))
-    return Ensemble(answer, request_schema(RECOMMENDER))
+        popular_features=popular_item_features(config, popular["item_id"].to_numpy(), item_views),
+        session_column=SESSION_USER)
+    return Ensemble(answer, request_schema(RECOMMENDER, session=True))
 
 
 def build_similar_items(config: Config, artifacts: Artifacts) -> Ensemble:
@@ -107,7 +117,7 @@ def build_similar_items(config: Config, artifacts: Artifacts) -> Ensemble:
         item_raw = nearest["item_ids"] >> QueryFeatures(
             "item_features", "item_id", views, entity_column="item_ids",
             cache_ttl_s=config.serving.feature_cache_ttl_s,
-            warm_ids=pd.read_parquet(artifacts.items)["item_id"].to_numpy())
+            warm_ids=pd.read_parquet(artifacts.items)["item_id"].to_numpy(), on_update="refresh")
         candidates = candidates + item_raw[list(views)]
     kept = candidates >> FilterCandidates(id_column="item_ids")
     answer = (kept + nearest["scores", "found"] + ["item_id"]) >> TopSimilar(

@@ -15,12 +15,16 @@ from merlin.dag.runtime import Runtime
 from merlin.systems.dag import Ensemble
 from merlin.table import TensorTable
 
-from core.contract import RECOMMENDER, RELEASE, SIMILAR_ITEMS, BadRequest, ModelContract
+from core.contract import RECENT_ITEMS, RECOMMENDER, RELEASE, SIMILAR_ITEMS, BadRequest, ModelContract
+from ensemble.events import EventsRunner
 from ensemble.executor import ServingExecutor
 from operators.feast_lookup import QueryFeatures
 from operators.filters import FeatureKinds, FilterError, compile_filter
 from operators.query_milvus import QueryMilvus
 from operators.settings import serving_config
+
+
+MAX_RECENT = 1000  # clicks per user in one request
 
 
 class GraphRunner:
@@ -68,15 +72,27 @@ class GraphRunner:
         item features, or ``None`` without one; :class:`BadRequest` if malformed."""
         return self.filters.compile(expression, values)
 
-    def run(self, ids, item_filter=None) -> dict[str, np.ndarray]:
+    def answer(self, inputs: dict) -> dict[str, np.ndarray]:
+        """A request's answer from its inputs by name (the Triton model's entry)."""
+        item_filter = self.compile_filter(inputs.get("filter"), inputs.get("filter_values"))
+        return self.run(inputs[self.contract.id_input], item_filter)
+
+    def run(self, ids, item_filter=None, **columns) -> dict[str, np.ndarray]:
         """The contract's outputs for each id, within ``item_filter`` (a compiled filter,
-        :meth:`compile_filter`) if given."""
+        :meth:`compile_filter`) if given; ``columns``: other request columns of the graph."""
         ids = self.validate(ids)
         with self.filters.applied(item_filter):
-            result = self.ensemble.transform(TensorTable({self.contract.id_input: ids}), runtime=self.runtime)
+            table = TensorTable({self.contract.id_input: ids, **self.request_columns(len(ids), **columns)})
+            result = self.ensemble.transform(table, runtime=self.runtime)
         answer = {output.name: np.asarray(result[output.name].values) for output in self.contract.graph_outputs}
         answer[RELEASE.name] = np.full(len(ids), self.release, dtype=np.int64)
         return answer
+
+    def request_columns(self, rows: int, **columns) -> dict[str, np.ndarray]:
+        """The graph's request columns besides the ids (none here)."""
+        if columns:
+            raise BadRequest(f"{self.contract.kind} takes no {', '.join(columns)}")
+        return {}
 
     @property
     def last_timings(self) -> dict[str, float]:
@@ -94,11 +110,37 @@ class Recommender(GraphRunner):
         super().__init__(ensemble, max_batch, release)
         self._feature_lookups = [op for op in self.operators if isinstance(op, QueryFeatures)]
 
-    def recommend(self, user_ids, item_filter=None) -> dict[str, np.ndarray]:
+    def recommend(self, user_ids, item_filter=None, recent_items=None) -> dict[str, np.ndarray]:
         """Top-k raw item ids and scores (sorted) for each user id, the fallback flags, which
         path answered each user (``source``) and how many items are popular fill-ins
-        (``filled``). ``item_filter``: a compiled filter (:meth:`compile_filter`) or ``None``."""
-        return self.run(user_ids, item_filter)
+        (``filled``). ``item_filter``: a compiled filter (:meth:`compile_filter`) or ``None``;
+        ``recent_items``: each user's clicks of this session (``[users, clicks]``, -1 padded)."""
+        return self.run(user_ids, item_filter, recent_items=recent_items)
+
+    def answer(self, inputs: dict) -> dict[str, np.ndarray]:
+        item_filter = self.compile_filter(inputs.get("filter"), inputs.get("filter_values"))
+        return self.run(inputs[self.contract.id_input], item_filter, recent_items=inputs.get(RECENT_ITEMS))
+
+    def request_columns(self, rows: int, recent_items=None) -> dict[str, np.ndarray]:
+        """``recent_items`` checked: ``[rows, clicks]`` integer ids (-1 pads), at most
+        ``MAX_RECENT`` per row; none given is a row of padding."""
+        if recent_items is None:
+            return {RECENT_ITEMS: np.full((rows, 1), -1, dtype=np.int64)}
+        recent = np.asarray(recent_items)
+        if recent.ndim == 1 and rows == 1:
+            recent = recent.reshape(1, -1)
+        if recent.dtype.kind not in "iu":
+            raise BadRequest(f"{RECENT_ITEMS} must be INT64 item ids, got {recent.dtype}")
+        if recent.ndim != 2 or recent.shape[0] != rows:
+            raise BadRequest(f"{RECENT_ITEMS} must be [users, clicks] with one row per user id ({rows}), "
+                             f"got shape {list(recent.shape)}")
+        if recent.shape[1] > MAX_RECENT:
+            raise BadRequest(f"{RECENT_ITEMS} has {recent.shape[1]} clicks per user; at most {MAX_RECENT}")
+        if (recent < -1).any():
+            raise BadRequest(f"{RECENT_ITEMS} holds item ids >= 0, padded with -1")
+        if recent.shape[1] == 0:
+            return {RECENT_ITEMS: np.full((rows, 1), -1, dtype=np.int64)}
+        return {RECENT_ITEMS: recent.astype(np.int64)}
 
     @property
     def feature_store_failures(self) -> dict[str, int]:
@@ -119,7 +161,7 @@ class SimilarItemsRunner(GraphRunner):
         return self.run(item_ids, item_filter)
 
 
-RUNNERS: dict[str, type[GraphRunner]] = {runner.contract.kind: runner for runner in (Recommender, SimilarItemsRunner)}
+RUNNERS: dict[str, type] = {runner.contract.kind: runner for runner in (Recommender, SimilarItemsRunner, EventsRunner)}
 
 
 class FilterScope:

@@ -3,7 +3,8 @@ one it serves is the ``contract`` parameter of its config.pbtxt, see :mod:`ensem
 
 One request = a batch of raw ids (and optionally a ``filter`` expression with its
 ``filter_values``, see :mod:`operators.filters`); the whole graph runs in this process
-(:mod:`ensemble.runner`). Mistakes of the caller come back as a clear error for that request
+(:mod:`ensemble.runner`). The ``events`` model takes its contract's inputs the same way and
+applies them (:mod:`ensemble.events`). Mistakes of the caller come back as a clear error for that request
 (INVALID_ARG: HTTP 400); failures of a dependency (Milvus, Feast) come back as an error naming
 the dependency (UNAVAILABLE: HTTP 503), see :mod:`ensemble.errors`; the model keeps serving in
 both cases. An unreadable Feast online store is not an error: those users take the cold-start
@@ -18,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from core.contract import FILTER_INPUTS, BadRequest
+from core.contract import BadRequest
 from ensemble.errors import classify, error_response
 from ensemble.request_inputs import optional_text
 from ensemble.runner import RUNNERS
@@ -41,9 +42,7 @@ class TritonPythonModel:
     def _answer(self, request):
         contract = self.runner.contract
         try:
-            ids = pb_utils.get_input_tensor_by_name(request, contract.id_input).as_numpy()
-            item_filter = self.runner.compile_filter(*(_text_input(request, name) for name in FILTER_INPUTS))
-            result = self.runner.run(ids, item_filter)
+            result = self.runner.answer({i.name: _input(request, i) for i in contract.inputs})
         except Exception as exc:  # keep serving: the caller gets the error, with its code
             if self.metrics:
                 self.metrics.failed(classify(exc)[0])
@@ -102,5 +101,9 @@ class _Metrics:
             metric.increment(seconds)
 
 
-def _text_input(request, name):
-    return optional_text(pb_utils.get_input_tensor_by_name(request, name), name, BadRequest)
+def _input(request, spec):
+    """One input as numpy (a one-string input as text), ``None`` when an optional one is absent."""
+    tensor = pb_utils.get_input_tensor_by_name(request, spec.name)
+    if spec.dims == "1" and spec.triton_type == "TYPE_STRING":
+        return optional_text(tensor, spec.name, BadRequest)
+    return None if tensor is None else tensor.as_numpy()

@@ -11,7 +11,11 @@ read-through cache: an id seen for the first time is fetched from Feast in the r
 its entry is older than ``cache_ttl_s`` it is still served, and re-read from Feast by a
 background thread (so values are at most about ``cache_ttl_s`` stale and requests do not stall
 on refreshes). Ids Feast does not know are cached as missing too. ``cache_ttl_s = 0`` reads
-Feast on every request.
+Feast on every request. Writers of the online store (the ``events`` model) record the ids they
+changed in an update log (:mod:`operators.feature_updates`); before each request the cache
+reads what was appended and drops those ids (``on_update="drop"``: the request reads them
+from Feast, so a user's next request sees their last event) or marks them stale
+(``on_update="refresh"``: re-read in the background, for item counts).
 
 When the online store cannot be read, ``on_failure="missing"`` (the default) serves the ids it
 could not read as missing rows - the cold-start path for users, default features for items -
@@ -30,6 +34,7 @@ from merlin.dag import BaseOperator, ColumnSelector, DataFormats
 from merlin.schema import ColumnSchema, Schema
 from merlin.table import TensorTable
 
+from operators.feature_updates import ALL, UpdateLog, log_path
 from operators.settings import serving_config
 
 LOG = logging.getLogger(__name__)
@@ -56,16 +61,21 @@ class QueryFeatures(BaseOperator):
         so that the first requests do not pay for cold lookups.
     on_failure : ``"missing"`` (serve unreadable ids as missing rows, counted and logged) or
         ``"error"`` (raise :class:`FeatureStoreUnavailable`).
+    on_update : what a cached id recorded in the update log gets: ``"drop"`` or ``"refresh"``.
     """
 
     def __init__(self, feature_view: str, join_key: str, features: Dict[str, str],
                  entity_column: str | None = None, found_column: str | None = None,
                  cache_ttl_s: float = 60.0, cache_max_entries: int = 200_000, warm_ids=None,
-                 on_failure: str = "missing"):
+                 on_failure: str = "missing", on_update: str = "drop"):
         super().__init__()
         if on_failure not in ("missing", "error"):
             raise ValueError(f"on_failure must be 'missing' or 'error', got {on_failure!r}")
+        if on_update not in ("drop", "refresh"):
+            raise ValueError(f"on_update must be 'drop' or 'refresh', got {on_update!r}")
         self.on_failure = on_failure
+        self.on_update = on_update
+        self._updates = None
         self.failures = 0  # ids served as missing because the store could not be read
         self._last_warning = float("-inf")
         self.feature_view = feature_view
@@ -88,6 +98,7 @@ class QueryFeatures(BaseOperator):
 
     def _open(self, artifact_path: str) -> None:
         settings = serving_config(artifact_path)
+        self._updates = UpdateLog(log_path(settings.feature_data_dir, self.feature_view))  # before warming
         try:
             self._store = settings.open_feature_store()
         except Exception as exc:  # Feast raises many types for a bad repo
@@ -100,10 +111,12 @@ class QueryFeatures(BaseOperator):
 
     def __getstate__(self) -> dict:
         # Clients, models and workflows are artifacts: loaded at model start, never pickled.
-        return {**self.__dict__, "_store": None, "_cache": {}, "_feast_lock": None, "_refreshing": False}
+        return {**self.__dict__, "_store": None, "_cache": {}, "_feast_lock": None, "_refreshing": False,
+                "_updates": None}
 
     def __setstate__(self, state: dict) -> None:
-        state = {"on_failure": "missing", "failures": 0, "_last_warning": float("-inf"), **state}
+        state = {"on_failure": "missing", "on_update": "drop", "_updates": None, "failures": 0,
+                 "_last_warning": float("-inf"), **state}
         self.__dict__.update(state)
         self._cache, self._feast_lock, self._refreshing = {}, threading.Lock(), False
 
@@ -125,6 +138,7 @@ class QueryFeatures(BaseOperator):
         cache = self._cache
         if self.cache_ttl_s <= 0:
             return self._fetch_or_missing(ids)
+        self._apply_updates()
         missing = list({i for i in ids if i not in cache})
         unread: dict = {}
         if missing:
@@ -142,6 +156,19 @@ class QueryFeatures(BaseOperator):
             self._refreshing = True
             threading.Thread(target=self._refresh, args=(stale,), daemon=True).start()
         return rows
+
+    def _apply_updates(self) -> None:
+        """Drop (or mark stale) the cached ids whose online rows changed since the last request."""
+        if self._updates is None:
+            return
+        changed = self._updates.changed()
+        if changed is ALL:
+            changed = list(self._cache)
+        for entity_id in np.asarray(changed).tolist():
+            if self.on_update == "drop":
+                self._cache.pop(entity_id, None)
+            elif entity_id in self._cache:
+                self._cache[entity_id] = (0.0, self._cache[entity_id][1])
 
     def _fetch_or_missing(self, ids: list) -> list:
         try:

@@ -8,7 +8,8 @@
   (flagged in the ``fallback`` output), fills rows that retrieval or a filter left short
   (counted in ``filled``), and says which path answered each user in ``source``:
   ``personalized`` (the user has interactions), ``features`` (Feast knows the user's features
-  but no interaction: a cold user answered from features) or ``popular`` (unknown user).
+  but no interaction: a cold user answered from features), ``session`` (Feast does not know
+  the user, the request brought their recent clicks) or ``popular`` (unknown user).
 
 Before them, :class:`FilterCandidates` applies the request's business filter
 (:mod:`operators.filters`) to the ranked candidates. The filter is request-scoped: the runner
@@ -115,10 +116,13 @@ class PopularFallback(BaseOperator):
     at its end.
     """
 
+    session_column = None  # graphs exported before sessions have none
+
     def __init__(self, popular_ids, popular_scores, top_k: int = 10,
                  found_column: str = "user_found", history_column: str = "history",
-                 popular_features: dict | None = None):
+                 popular_features: dict | None = None, session_column: str | None = None):
         super().__init__()
+        self.session_column = session_column
         self.top_k = int(top_k)
         self.found_column = found_column
         self.history_column = history_column
@@ -161,6 +165,8 @@ class PopularFallback(BaseOperator):
                                          popular_ids)
         has_history = np.array([len(h) > 0 for h in history], dtype=bool)
         source = np.where(~known, "popular", np.where(has_history, "personalized", "features")).astype(object)
+        if self.session_column and self.session_column in transformable.columns:
+            source[np.asarray(transformable[self.session_column].values, dtype=bool).reshape(-1)] = "session"
         return TensorTable({"item_ids": ids, "scores": scores, "fallback": ~known, "source": source,
                             "filled": filled})
 

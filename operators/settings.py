@@ -21,8 +21,9 @@ def write_serving_config(config: Config, artifact_path: str | Path) -> None:
     """Write the parts of ``config`` that serving needs next to the ensemble."""
     plain = config.to_dict()
     milvus = {k: v for k, v in plain["milvus"].items() if k != "token"}
-    settings = {"feature_repo": plain["feature_repo"], "feature_store_yaml": plain["feature_store_yaml"],
-                "milvus": milvus, "serving": plain["serving"]}
+    settings = {"workdir": plain["workdir"], "feature_repo": plain["feature_repo"],
+                "feature_store_yaml": plain["feature_store_yaml"], "milvus": milvus, "serving": plain["serving"],
+                "training": {"max_history": plain["training"]["max_history"]}}
     (Path(artifact_path) / SETTINGS_FILE).write_text(json.dumps(settings, indent=2))
 
 

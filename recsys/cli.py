@@ -11,6 +11,7 @@
     recsys batch --k 50 --db sqlite:///recs.db    top-K of every user into a database
     recsys release list|rollout [--force]|rollback|prune    releases, the quality gate
     recsys pipeline             the daily job: import new files, train, gate, roll out, batch, prune
+    recsys events push FILE     interactions (CSV / JSON lines, - for stdin) to the running events model
     recsys train | features | index | export    single steps
 """
 from __future__ import annotations
@@ -62,7 +63,8 @@ def _parser() -> argparse.ArgumentParser:
     group.add_argument("--items-file", help="items file (optional)")
     group.add_argument("--schema", help="schema file declaring column kinds (JSON or TOML)")
     group.add_argument("--test-interactions", help="held-out interactions instead of a split")
-    group.add_argument("--split", choices=["auto", "random", "chronological", "last"])
+    group.add_argument("--split", choices=["auto", "random", "chronological", "last", "sessions"],
+                       help="sessions: hold out whole users (sessions), evaluated from their clicks")
     group.add_argument("--max-users", type=int, help="a reduced run on that many users")
     group.add_argument("--sessions", type=int, help="synthetic sessions (users)")
     group.add_argument("--items", type=int, help="synthetic catalogue size")
@@ -138,6 +140,14 @@ def _parser() -> argparse.ArgumentParser:
     _batch_arguments(sub.add_parser("batch", parents=[dask],
                                    help="top-K of every user into a database, with the served "
                                         "cascade (recsys batch --k 50 --db sqlite:///recs.db)"))
+
+    events = sub.add_parser("events", help="interactions that change the next answer")
+    verb = events.add_subparsers(dest="action", required=True)
+    push = verb.add_parser("push", help="send a CSV or JSON-lines file of events (- for stdin) to the "
+                                        "running events model")
+    push.add_argument("file", help="user_id,item_id[,timestamp][,event_type][,event_value]; - reads stdin")
+    push.add_argument("--grpc", action="store_true", help="use gRPC instead of HTTP")
+    push.add_argument("--url", help=URL_HELP)
 
     recommend = sub.add_parser("recommend", help="query a running recommender")
     recommend.add_argument("user_ids", nargs="+", type=int)
@@ -288,6 +298,29 @@ def _release(config: Config, args) -> int:
     return 0
 
 
+def _events(config: Config, args) -> int:
+    """``recsys events push``: exit 0 when every event was applied, 1 when some were not."""
+    from recsys.client import RecommendError, RecommenderClient
+    from recsys.events import parse, push
+
+    text = sys.stdin.read() if args.file == "-" else open(args.file, encoding="utf-8").read()
+    parsed = parse(text)
+    protocol = "grpc" if args.grpc else "http"
+    url = args.url or ",".join(config.triton.client_endpoints(protocol))
+    client = RecommenderClient(url, protocol, config.serving.model_name)
+    try:
+        accepted, rejected = push(client, parsed, config.serving.events_model_name)
+    except RecommendError as exc:
+        print(f"error from the events model: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        client.close()
+    print(f"{accepted:,} events applied" + (f", {len(rejected):,} rejected:" if rejected else ""))
+    for line, error in rejected:
+        print(f"  line {line}: {error}")
+    return 1 if rejected else 0
+
+
 def _pipeline(config: Config, args) -> int:
     """``recsys pipeline``: exit 0 when done (or nothing new), 3 when the gate refused the release."""
     from dataclasses import replace
@@ -384,6 +417,19 @@ def _evaluate(config: Config, args) -> None:
         stack.train(config)
     stack.require_artifacts(config)
     stack.load_features(config)
+    from training.pipeline import resolve_split
+
+    if resolve_split(config) == "sessions":
+        from recsys.jobs.evaluation import evaluate_sessions
+
+        with stack.local_milvus(config):
+            report = evaluate_sessions(stack.build_evaluation_index(config), max_sessions=args.eval_users)
+        print(f"{report['data']} data, {report['sessions']} held-out sessions: their first n-1 clicks sent as "
+              f"recent_items, the n-th click is the truth; the session's clicks excluded "
+              f"({report['repeat_next_click_share']:.1%} of next clicks repeat one)")
+        print(report["table"])
+        print(f"written to {config.workdir / 'evaluation' / 'sessions.json'}")
+        return
     with stack.local_milvus(config):
         report = evaluate(stack.build_evaluation_index(config), max_users=args.eval_users)
     print(f"{report['data']} data, {report['split']} split, {report['users']} test users, "
@@ -517,6 +563,8 @@ def main(argv: list[str] | None = None) -> int:
             return _batch(config, args)
         if args.command == "pipeline":
             return _pipeline(config, args)
+        if args.command == "events":
+            return _events(config, args)
         if args.command == "status":
             from recsys.status import render, status
 

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from core.contract import DEPENDENCY_PREFIX, RECOMMENDER, SIMILAR_ITEMS
+from core.contract import DEPENDENCY_PREFIX, EVENTS, RECENT_ITEMS, RECOMMENDER, SIMILAR_ITEMS
 
 
 class RecommendError(RuntimeError):
@@ -64,13 +64,22 @@ class RecommenderClient:
         self.answered = [0] * len(self.endpoints)  # requests each endpoint answered
 
     def recommend(self, user_ids, dtype: str = "INT64", filter: str | None = None,
-                  filter_values: dict | str | None = None) -> dict[str, np.ndarray]:
+                  filter_values: dict | str | None = None, recent_items=None) -> dict[str, np.ndarray]:
         """Top-k raw item ids, scores, fallback flags, the answering path (``source``:
-        personalized / features / popular) and the number of popular fill-ins (``filled``)
-        for each user id (row i = user i). ``filter``: a filter expression (README, Filters)
-        with its ``$PARAMETER`` values in ``filter_values`` (a dict or a JSON object)."""
+        personalized / features / session / popular) and the number of popular fill-ins
+        (``filled``) for each user id (row i = user i). ``filter``: a filter expression (README,
+        Filters) with its ``$PARAMETER`` values in ``filter_values`` (a dict or a JSON object).
+        ``recent_items``: per user, the item ids they clicked this session, most recent first
+        (lists of any lengths; sent padded with -1)."""
+        extra = []
+        if recent_items is not None:
+            width = max([len(row) for row in recent_items] + [1])
+            padded = np.full((len(recent_items), width), -1, dtype=np.int64)
+            for row, clicks in enumerate(recent_items):
+                padded[row, :len(clicks)] = clicks
+            extra.append(self._tensor(RECENT_ITEMS, padded, "INT64"))
         answer = self._infer(self.model_name, RECOMMENDER.id_input, user_ids, RECOMMENDER.output_names, dtype,
-                             _filter_inputs(filter, filter_values))
+                             _filter_inputs(filter, filter_values), extra)
         answer["source"] = np.array([s.decode() if isinstance(s, bytes) else str(s)
                                      for s in answer["source"]], dtype=object)
         return answer
@@ -88,18 +97,44 @@ class RecommenderClient:
         (e.g. the benchmark's stock-operator graph, ``ordered_ids`` / ``ordered_scores``)."""
         return self._infer(model, input_name, ids, tuple(outputs))
 
+    def put_events(self, user_ids, item_ids, timestamps=None, event_types=None, event_values=None,
+                   model_name: str = "events") -> dict[str, np.ndarray]:
+        """Send interactions to the ``events`` model; the user's next answer reflects them.
+        ``timestamps``: epoch seconds (0 or omitted: now). Returns per event ``accepted`` and
+        ``error`` (why an event was rejected; the others are applied)."""
+        users = np.asarray(user_ids, dtype=np.int64).reshape(-1)
+        tensors = [self._tensor("user_id", users, "INT64"),
+                   self._tensor("item_id", np.asarray(item_ids, dtype=np.int64).reshape(-1), "INT64")]
+        if timestamps is not None:
+            tensors.append(self._tensor("timestamp", np.asarray(timestamps, dtype=np.int64).reshape(-1), "INT64"))
+        if event_types is not None:
+            tensors.append(self._tensor("event_type", np.array([str(t).encode() for t in event_types],
+                                                               dtype=np.object_), "BYTES"))
+        if event_values is not None:
+            tensors.append(self._tensor("event_value", np.asarray(event_values, dtype=np.float32).reshape(-1),
+                                        "FP32"))
+        answer = self._send(model_name, tensors, EVENTS.output_names)
+        answer["error"] = np.array([e.decode() if isinstance(e, bytes) else str(e) for e in answer["error"]],
+                                   dtype=object)
+        return answer
+
+    def _tensor(self, name: str, values: np.ndarray, dtype: str):
+        tensor = self._module.InferInput(name, list(values.shape), dtype)
+        tensor.set_data_from_numpy(values)
+        return tensor
+
     def _infer(self, model: str, input_name: str, ids, outputs, dtype: str = "INT64",
-               text_inputs: dict[str, str] | None = None) -> dict:
+               text_inputs: dict[str, str] | None = None, extra: list | None = None) -> dict:
         values = np.asarray(ids)
         if dtype == "INT64":
             values = values.astype(np.int64)
-        tensor = self._module.InferInput(input_name, list(values.shape), dtype)
-        tensor.set_data_from_numpy(values)
-        tensors = [tensor]
+        tensors = [self._tensor(input_name, values, dtype)] + list(extra or [])
         for name, text in (text_inputs or {}).items():
-            extra = self._module.InferInput(name, [1], "BYTES")
-            extra.set_data_from_numpy(np.array([text.encode("utf-8")], dtype=np.object_))
-            tensors.append(extra)
+            tensors.append(self._tensor(name, np.array([text.encode("utf-8")], dtype=np.object_), "BYTES"))
+        return self._send(model, tensors, outputs)
+
+    def _send(self, model: str, tensors: list, outputs) -> dict:
+        """The request to the first endpoint that answers (see :class:`RecommenderClient`)."""
         requested = [self._module.InferRequestedOutput(name) for name in outputs]
         deadline = time.monotonic() + self.wait_s
         while True:

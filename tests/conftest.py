@@ -207,10 +207,12 @@ def serve_command():
 
 
 # Modules that must see a fresh serving stack: test_faults asks for users whose features are
-# not yet in the model's feature cache (any other module may warm it).
+# not yet in the model's feature cache (any other module may warm it). Modules that change
+# the session stack's online features (events) run last, so no other module sees them.
 RUN_FIRST = ("test_faults.py",)
+RUN_LAST = ("test_events.py",)
 
 
 def pytest_collection_modifyitems(config, items):
-    """Run the RUN_FIRST modules before the others (stable order otherwise)."""
-    items.sort(key=lambda item: 0 if item.path.name in RUN_FIRST else 1)
+    """Run the RUN_FIRST modules before the others and RUN_LAST after (stable order otherwise)."""
+    items.sort(key=lambda item: 0 if item.path.name in RUN_FIRST else 2 if item.path.name in RUN_LAST else 1)

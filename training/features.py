@@ -20,7 +20,7 @@ import pandas as pd
 HISTORY = "history"  # the user's training items, raw ids, most recent first
 USER_COUNT = "user_interactions"
 ITEM_COUNT = "item_interactions"
-SPLITS = ("last", "random", "chronological")
+SPLITS = ("last", "random", "chronological", "sessions")
 
 
 @dataclass
@@ -55,10 +55,20 @@ def split(interactions: pd.DataFrame, method: str, test_fraction: float = 0.25,
 
     ``random`` holds out ``round(n * test_fraction)`` of each user's interactions chosen with
     ``seed``; ``chronological`` holds out the same number of the user's latest ones; ``last``
-    holds out the latest one.
+    holds out the latest one; ``sessions`` holds out every interaction of ``test_fraction`` of
+    the users (whole sessions of a click log: the held-out users are unknown to training).
     """
     if method not in SPLITS:
         raise ValueError(f"unknown split {method!r}: use one of {', '.join(SPLITS)}")
+    if method == "sessions":
+        size = interactions.groupby("user_id")["item_id"].size()
+        eligible = size[size > 1].index.to_numpy()
+        held_users = np.random.default_rng(seed).choice(
+            eligible, size=int(round(len(eligible) * test_fraction)), replace=False)
+        is_test = interactions["user_id"].isin(held_users).to_numpy()
+        train = interactions[~is_test].sort_values(["user_id", "timestamp"], kind="stable")
+        test = interactions[is_test].sort_values(["user_id", "timestamp"], kind="stable")
+        return train.reset_index(drop=True), test.reset_index(drop=True)
     if method == "random":
         ordered = interactions.sample(frac=1.0, random_state=seed)
     else:

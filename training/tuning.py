@@ -96,7 +96,8 @@ def tune(config: Config, data, train: pd.DataFrame, workflows: dict, specs: dict
     cfg = config.training
     if not cfg.validate:
         return Choice(cfg.retrieval_epochs, cfg.ranking_epochs, cfg.retrieval_weight)
-    sub_train, valid = features.split(train, method, config.data.test_fraction, config.data.split_seed + 1)
+    inner = "last" if method == "sessions" else method  # validation users must be known to training
+    sub_train, valid = features.split(train, inner, config.data.test_fraction, config.data.split_seed + 1)
     tables = Tables.build(data, sub_train, workflows, specs, cfg.max_history)
     check = Validation(tables, valid, cfg.validation_users, cfg.seed)
     seen = seen_matrix(tables.pairs, len(tables.users), len(tables.items))

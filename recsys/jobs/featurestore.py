@@ -74,7 +74,23 @@ def apply_and_materialize(config: Config, end: datetime | None = None) -> str:
         if unread:
             raise FeastJobError(f"feature views {unread} are still not readable online in "
                                 f"{config.feature_store_file}")
+    use_write_ahead_log(config)
     return out
+
+
+def use_write_ahead_log(config: Config) -> None:
+    """A SQLite online store in WAL mode (kept by the file): the ``events`` model writes while
+    every Triton model reads, and neither waits for the other (Feast opens SQLite without it)."""
+    import sqlite3
+
+    online = config.open_feature_store().config.online_store
+    if getattr(online, "type", "") != "sqlite":
+        return
+    path = Path(online.path)
+    path = path if path.is_absolute() else config.feature_repo / path
+    if path.is_file():
+        with sqlite3.connect(path, timeout=30) as connection:
+            connection.execute("PRAGMA journal_mode=WAL")
 
 
 def reload_online_store(config: Config, end: datetime) -> str:

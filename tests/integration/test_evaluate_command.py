@@ -21,3 +21,20 @@ def test_evaluate_trains_indexes_and_reports_without_releasing(config_factory, t
     metrics = json.loads((config.workdir / "evaluation" / "metrics.json").read_text())
     assert "cascade" in shown and "cascade" in json.dumps(metrics)
     assert releases.serving_release(config) is None and not config.model_repository.exists()
+
+
+def test_sessions_are_evaluated_from_their_clicks_on_a_click_log(config_factory, tmp_path, monkeypatch, capsys):
+    """A YOOCHOOSE-shaped log with whole sessions held out: the cascade answers each held-out
+    session from its first clicks (source `session`, unknown to Feast), next to most-popular
+    and the last click's nearest items; the cascade beats most-popular."""
+    config = config_factory(tmp_path, milvus={"collection": "session_items"},
+                            data={"source": "synthetic", "num_sessions": 3000, "num_items": 400,
+                                  "split": "sessions", "test_fraction": 0.1})
+    monkeypatch.setattr(cli, "_config", lambda args: config)
+    assert cli.main(["evaluate", "--eval-users", "300", "--no-progress"]) == 0
+    shown = capsys.readouterr().out
+    report = json.loads((config.workdir / "evaluation" / "sessions.json").read_text())
+    assert "HitRate@20" in shown and set(report["results"]) == {"most_popular", "item_to_item", "cascade"}
+    assert report["sessions"] == 300 and report["cascade_sources"] == {"session": 300}
+    results = report["results"]
+    assert results["cascade"]["hit_rate@20"] > results["most_popular"]["hit_rate@20"]

@@ -11,7 +11,7 @@ from operators.schemas import contract_schema
 def test_the_model_config_declares_every_output_and_the_served_version():
     for contract in (RECOMMENDER, SIMILAR_ITEMS):
         text = model_config(contract, "m", 10, version=3)
-        assert re.findall(r'name: "(\w+)" data_type', text)[3:] == list(contract.output_names)
+        assert re.findall(r'name: "(\w+)" data_type', text)[len(contract.inputs):] == list(contract.output_names)
         assert 'dims: [ -1, 10 ]' in text and f'string_value: "{contract.kind}"' in text
         assert "version_policy: { specific: { versions: [ 3 ] } }" in text
     assert "version_policy" not in model_config(RECOMMENDER, "m", 10)

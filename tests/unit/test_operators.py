@@ -341,3 +341,21 @@ def test_after_a_reconnect_milvus_is_warmed_up_in_the_background_never_failing_a
     assert len(op._search(np.zeros((1, 4), dtype=np.float32), 1)) == 1
     op._warming.join(10)
     assert op.warm_ups == 1 and "warm-up after reconnecting failed" in caplog.text
+
+
+def test_merge_session_puts_the_clicks_in_front_and_answers_unknown_visitors():
+    from merlin.table import TensorTable
+
+    from operators.session import SESSION_USER, MergeSession
+
+    history = np.empty(3, dtype=object)
+    history[:] = [np.array([5, 6], dtype=np.int64), np.array([], dtype=np.int64), np.array([7], dtype=np.int64)]
+    table = TensorTable({"user_id": np.array([1, 2, 3]), "history": history,
+                         "user_found": np.array([True, False, True]),
+                         "user_interactions": np.array([2.0, 0.0, 1.0], dtype=np.float32),
+                         "recent_items": np.array([[6, 9, -1], [4, -1, -1], [-1, -1, -1]], dtype=np.int64)})
+    out = MergeSession(3, count_column="user_interactions").transform(None, table)
+    assert [list(h) for h in out["history"].values] == [[6, 9, 5], [4], [7]]
+    assert out["user_found"].values.tolist() == [True, True, True]
+    assert out[SESSION_USER].values.tolist() == [False, True, False]
+    assert out["user_interactions"].values.tolist() == [4.0, 1.0, 1.0] and "recent_items" not in out.columns
