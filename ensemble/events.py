@@ -2,8 +2,8 @@
 
 A request is a batch of events (``user_id``, ``item_id``, optional ``timestamp`` in epoch
 seconds - 0 or absent: now -, ``event_type``, ``event_value``). Each event is checked on its
-own: a negative id, a timestamp that is not epoch seconds or lies more than a day ahead, a
-value that is not a number, or an item the catalogue does not have (no row in Feast's item
+own: a negative id, a timestamp that is not epoch seconds or lies more than a day ahead, an
+infinite value (NaN means no value), or an item the catalogue does not have (no row in Feast's item
 view) rejects that event with a message (output ``error``); the others are applied
 (``accepted``). Applied, in this order, under one lock for the Feast repository:
 
@@ -85,8 +85,7 @@ class EventsRunner:
         errors[(stamps < 0) & (errors == "")] = "timestamp must be epoch seconds (>= 0; 0 = now)"
         ahead = (stamps > now + MAX_AHEAD_S) & (errors == "")
         errors[ahead] = [f"timestamp {t} is more than a day ahead of the server's clock" for t in stamps[ahead]]
-        if event_value is not None:
-            errors[~np.isfinite(values) & (errors == "")] = "event_value must be a finite number"
+        errors[np.isinf(values) & (errors == "")] = "event_value must be a finite number (NaN: none)"
         with self._locked():
             ok = errors == ""
             item_rows = self._rows("item_features", "item_id", np.unique(items[ok]))

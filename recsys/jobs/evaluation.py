@@ -240,13 +240,13 @@ def evaluate_sessions(config: Config, k: int = 20, max_sessions: int | None = 20
         else:
             ensemble_dir = export_evaluation_ensemble(config, artifacts, k)
             recommender = Recommender.load(ensemble_dir)
-            rows, answered = [], []
-            for start in range(0, len(user_ids), 256):
-                part = recent[start:start + 256]
+            rows, answered, step = [], [], recommender.max_batch
+            for start in range(0, len(user_ids), step):
+                part = recent[start:start + step]
                 padded = np.full((len(part), max(len(c) for c in part)), -1, dtype=np.int64)
                 for row, clicks in enumerate(part):
                     padded[row, :len(clicks)] = clicks
-                answer = recommender.recommend(user_ids[start:start + 256], recent_items=padded)
+                answer = recommender.recommend(user_ids[start:start + step], recent_items=padded)
                 rows.append(answer["item_ids"])
                 answered += list(answer["source"])
             recommended = np.concatenate(rows)

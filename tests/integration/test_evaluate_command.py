@@ -26,15 +26,16 @@ def test_evaluate_trains_indexes_and_reports_without_releasing(config_factory, t
 def test_sessions_are_evaluated_from_their_clicks_on_a_click_log(config_factory, tmp_path, monkeypatch, capsys):
     """A YOOCHOOSE-shaped log with whole sessions held out: the cascade answers each held-out
     session from its first clicks (source `session`, unknown to Feast), next to most-popular
-    and the last click's nearest items; the cascade beats most-popular."""
+    and the last click's nearest items; the cascade ranks the next click higher than
+    most-popular (MRR@20; 0.136 against 0.071 on 300 sessions when this was written)."""
     config = config_factory(tmp_path, milvus={"collection": "session_items"},
-                            data={"source": "synthetic", "num_sessions": 3000, "num_items": 400,
-                                  "split": "sessions", "test_fraction": 0.1})
+                            data={"source": "synthetic", "num_sessions": 2000, "num_items": 300,
+                                  "split": "sessions", "test_fraction": 0.2})
     monkeypatch.setattr(cli, "_config", lambda args: config)
-    assert cli.main(["evaluate", "--eval-users", "300", "--no-progress"]) == 0
+    assert cli.main(["evaluate", "--eval-users", "250", "--no-progress"]) == 0
     shown = capsys.readouterr().out
     report = json.loads((config.workdir / "evaluation" / "sessions.json").read_text())
     assert "HitRate@20" in shown and set(report["results"]) == {"most_popular", "item_to_item", "cascade"}
-    assert report["sessions"] == 300 and report["cascade_sources"] == {"session": 300}
+    assert report["sessions"] == 250 and report["cascade_sources"] == {"session": 250}
     results = report["results"]
-    assert results["cascade"]["hit_rate@20"] > results["most_popular"]["hit_rate@20"]
+    assert results["cascade"]["mrr@20"] > results["most_popular"]["mrr@20"]
