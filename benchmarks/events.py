@@ -1,6 +1,6 @@
 """Events: how fast one reaches an answer, how many per second go in, and what they cost serving.
 
-    python -m benchmarks.events --workdir artifacts [--events 200] [--seconds 15]
+    python -m benchmarks.events --workdir artifacts [--events 200] [--seconds 15] [--redis HOST:PORT]
 
 On a built work directory (``make demo`` leaves one): its artifacts served by a local Milvus
 and two Triton replicas on free ports (same model repository and Feast store). Two gRPC
@@ -13,41 +13,30 @@ clients query single users throughout.
 * **Ingestion**: ``--seconds`` of the querying clients alone, then as long with a writer
   sending batches of 50 events as fast as it is answered: events/s, and the clients' p50/p99 in
   both phases side by side.
+
+``--redis HOST:PORT``: the same on the Redis online store (a running ``redis-server``): the
+features are materialized into it first and every model reads and writes it
+(``feature_store.redis.yaml``).
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import threading
 import time
 
 import numpy as np
 import pandas as pd
 
-from core.config import load_config
+from benchmarks.local import add_workdir_arguments, built_workdir
+from benchmarks.rollout import clients
 from recsys.client import RecommenderClient
-from recsys.jobs import releases, stack
+from recsys.jobs import featurestore, releases, stack
 from recsys.runtime.servers import TritonProcess, free_port, running
 
 
-def querying(url: str, users: np.ndarray, count: int, stop: threading.Event, log: list) -> list[threading.Thread]:
-    """``count`` gRPC clients asking for one user at a time until ``stop``; ``(seconds, ok)`` to ``log``."""
-    def loop(seed: int) -> None:
-        client = RecommenderClient(url, "grpc")
-        rng = np.random.default_rng(seed)
-        while not stop.is_set():
-            started = time.monotonic()
-            try:
-                client.recommend(rng.choice(users, size=1))
-                log.append((time.monotonic() - started, True))
-            except Exception:  # counted
-                log.append((time.monotonic() - started, False))
-        client.close()
-
-    threads = [threading.Thread(target=loop, args=(seed,), daemon=True) for seed in range(count)]
-    for thread in threads:
-        thread.start()
-    return threads
+REDIS_YAML = "feature_store.redis.yaml"
 
 
 def freshness(writer: RecommenderClient, reader: RecommenderClient, users: np.ndarray, events: int,
@@ -74,18 +63,18 @@ def _percentiles(seconds) -> dict:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workdir", default="artifacts")
-    parser.add_argument("--feature-repo", help="the work directory's Feast repository (default ./feature_repo)")
+    add_workdir_arguments(parser)
     parser.add_argument("--events", type=int, default=200, help="events timed for freshness, per setup")
     parser.add_argument("--seconds", type=float, default=15.0, help="length of each ingestion phase")
+    parser.add_argument("--redis", metavar="HOST:PORT", help="use the Redis online store at this address")
     args = parser.parse_args(argv)
 
-    config = load_config(overrides={
-        "workdir": args.workdir,
-        **({"feature_repo": args.feature_repo} if args.feature_repo else {}),
-        "milvus": {"port": free_port()},
-        "triton": {"http_port": free_port(), "grpc_port": free_port(), "metrics_port": free_port()}})
-    stack.require_artifacts(config)
+    config = built_workdir(args)
+    if args.redis:
+        os.environ["FEAST_REDIS_CONNECTION_STRING"] = args.redis
+        os.environ["RECSYS_FEATURE_STORE_YAML"] = REDIS_YAML  # the models read it at load
+        config = dataclasses.replace(config, feature_store_yaml=REDIS_YAML)
+        featurestore.apply_and_materialize(config)
     if releases.serving_release(config) is None:
         stack.export(config)
     users = pd.read_parquet(releases.serving_artifacts(config).users)["user_id"].to_numpy()
@@ -97,7 +86,7 @@ def main(argv=None) -> None:
         with running(first, second):
             a, b = RecommenderClient(first.grpc_url, "grpc"), RecommenderClient(second.grpc_url, "grpc")
             stop, log = threading.Event(), []
-            threads = querying(first.grpc_url, users, 2, stop, log)
+            threads = clients(first.grpc_url, users, 2, stop, log)
             rows = [{"setup": "one replica (event and answer through A)",
                      **_percentiles(freshness(a, a, users, args.events))},
                     {"setup": "two replicas (event through A, answer through B)",
@@ -123,10 +112,10 @@ def main(argv=None) -> None:
           f"(Feast online store: {config.feature_store_yaml})")
     print(pd.DataFrame(rows).to_markdown(index=False, floatfmt=".1f"))
     print(f"\ningestion: {rate:,.0f} events/s (batches of 50, one writer) for {args.seconds:.0f}s")
-    table = pd.DataFrame([{"phase": "no events", "requests": len(quiet),
-                           "errors": sum(not ok for _, ok in quiet), **_percentiles([s for s, _ in quiet])},
-                          {"phase": f"{rate:,.0f} events/s", "requests": len(busy),
-                           "errors": sum(not ok for _, ok in busy), **_percentiles([s for s, _ in busy])}])
+    table = pd.DataFrame([{"phase": phase, "requests": len(part),
+                           "errors": sum(release is None for _, _, release in part),
+                           **_percentiles([s for _, s, release in part if release is not None])}
+                          for phase, part in (("no events", quiet), (f"{rate:,.0f} events/s", busy))])
     print(table.to_markdown(index=False, floatfmt=".1f"))
 
 

@@ -21,10 +21,10 @@ import time
 import numpy as np
 import pandas as pd
 
-from core.config import load_config
+from benchmarks.local import add_workdir_arguments, built_workdir
 from recsys.client import RecommenderClient
 from recsys.jobs import releases, stack
-from recsys.runtime.servers import TritonProcess, free_port, running
+from recsys.runtime.servers import TritonProcess, running
 
 
 def clients(url: str, users: np.ndarray, count: int, stop: threading.Event, log: list) -> list[threading.Thread]:
@@ -68,19 +68,13 @@ def phases(log: list, rollout_start: float, rollout_end: float) -> pd.DataFrame:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workdir", default="artifacts")
-    parser.add_argument("--feature-repo", help="the work directory's Feast repository (default ./feature_repo)")
+    add_workdir_arguments(parser)
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--phase-s", type=float, default=20.0, help="seconds of load before and after")
     parser.add_argument("--retrain", action="store_true", help="train release B anew (another seed)")
     args = parser.parse_args(argv)
 
-    config = load_config(overrides={
-        "workdir": args.workdir,
-        **({"feature_repo": args.feature_repo} if args.feature_repo else {}),
-        "milvus": {"port": free_port()},
-        "triton": {"http_port": free_port(), "grpc_port": free_port(), "metrics_port": free_port()}})
-    stack.require_artifacts(config)
+    config = built_workdir(args)
     first = stack.export(config)
     users = pd.read_parquet(releases.release_artifacts(config, first).users)["user_id"].to_numpy()
     with stack.local_milvus(config):

@@ -23,12 +23,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from benchmarks.local import add_workdir_arguments, built_workdir
 from benchmarks.stock_graph import STOCK_MODEL_NAME, export_stock_model
 from core.artifacts import Artifacts
-from core.config import load_config
 from recsys.client import RecommenderClient, stage_seconds
 from recsys.jobs import releases, stack
-from recsys.runtime.servers import TritonProcess, free_port, running
+from recsys.runtime.servers import TritonProcess, running
 
 
 class PeakMemory:
@@ -143,8 +143,7 @@ def compare_stock(ours: list[dict], stock: list[dict]) -> pd.DataFrame:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workdir", default="artifacts")
-    parser.add_argument("--feature-repo", help="the work directory's Feast repository (default ./feature_repo)")
+    add_workdir_arguments(parser)
     parser.add_argument("--requests", type=int, default=200, help="requests per client")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 32])
@@ -155,12 +154,7 @@ def main(argv=None) -> None:
                         help="also serve and measure the stock-Merlin-operator graph (single users)")
     args = parser.parse_args(argv)
 
-    config = load_config(overrides={
-        "workdir": args.workdir,
-        **({"feature_repo": args.feature_repo} if args.feature_repo else {}),
-        "milvus": {"port": free_port()},
-        "triton": {"http_port": free_port(), "grpc_port": free_port(), "metrics_port": free_port()}})
-    stack.require_artifacts(config)
+    config = built_workdir(args)
     release = stack.export(config)
     users = pd.read_parquet(Artifacts.of(config).users)["user_id"].to_numpy()
     rows = []

@@ -262,6 +262,13 @@ class Config:
         return self.workdir / "imported"
 
     @property
+    def events_dir(self) -> Path:
+        """Events the ``events`` model accepted, one CSV per day; every build reads them. Beside
+        the Feast data (writable by the serving side, which may mount the work directory
+        read-only)."""
+        return self.feature_data_dir / "events"
+
+    @property
     def inbox_dir(self) -> Path:
         return Path(self.pipeline.inbox).expanduser().resolve() if self.pipeline.inbox else self.workdir / "inbox"
 

@@ -7,7 +7,7 @@ infinite value (NaN means no value), or an item the catalogue does not have (no 
 view) rejects that event with a message (output ``error``); the others are applied
 (``accepted``). Applied, in this order, under one lock for the Feast repository:
 
-1. appended to ``<workdir>/imported/events/<day>.csv``, which the next build reads with the
+1. appended to ``<feature repo>/data/events/<day>.csv``, which the next build reads with the
    rest of the data (:mod:`training.imported`);
 2. written to the online store with Feast's ``write_to_online_store``: each user's
    ``history`` gets the new items in front (most recent first, deduplicated, at most
@@ -36,7 +36,7 @@ from ensemble.graph import feast_features
 from operators import feature_updates
 from operators.settings import serving_config
 from training.features import HISTORY, ITEM_COUNT, USER_COUNT
-from training.imported import EVENTS_DIR, EVENT_COLUMNS
+from training.imported import EVENT_COLUMNS
 
 MAX_AHEAD_S = 86_400
 DEFAULTS = {"string": "", "float32": 0.0, "int64": 0}
@@ -53,7 +53,7 @@ class EventsRunner:
         self.store = config.open_feature_store()
         self.features = feast_features(config)
         self.max_history = config.training.max_history
-        self.events_dir = config.imported_dir / EVENTS_DIR
+        self.events_dir = config.events_dir
         self.lock_path = config.feature_data_dir / "updates" / "events.lock"
 
     @classmethod

@@ -5,8 +5,9 @@ one parquet file per imported file, in the input schema (``user_id``, ``item_id`
 ``timestamp`` in epoch seconds, optional ``event_type`` / ``event_value``), and a ledger
 (``ledger.json``) naming them in import order. The ledger is written last and atomically, so a
 file is part of the data exactly when the ledger lists it: an import cut off half-way adds
-nothing. The ``events`` model appends the events it accepts to ``events/<day>.csv`` (checked
-when they arrived; a line still being written is left for the next build).
+nothing. The ``events`` model appends the events it accepts to ``<day>.csv`` files of its own
+folder (``Config.events_dir``; checked when they arrived; a line still being written is left
+for the next build).
 """
 from __future__ import annotations
 
@@ -22,7 +23,6 @@ from training.dataset import InteractionData
 
 LOG = logging.getLogger(__name__)
 LEDGER = "ledger.json"
-EVENTS_DIR = "events"
 EVENT_COLUMNS = ("user_id", "item_id", "timestamp", "event_type", "event_value")
 
 
@@ -41,11 +41,12 @@ def record(folder: Path, entries: list[dict]) -> None:
     scratch.replace(folder / LEDGER)
 
 
-def interactions(folder: Path) -> pd.DataFrame | None:
-    """Every interaction the ledger lists, in import order, then the events (``None``: nothing
-    imported)."""
+def interactions(folder: Path, events: Path | None = None) -> pd.DataFrame | None:
+    """Every interaction the ledger of ``folder`` lists, in import order, then the days of
+    ``events`` (``None``: nothing imported)."""
     frames = [pd.read_parquet(Path(folder) / entry["stored"]) for entry in ledger(folder)]
-    frames += [_events(path) for path in sorted((Path(folder) / EVENTS_DIR).glob("*.csv"))]
+    if events is not None:
+        frames += [_events(path) for path in sorted(Path(events).glob("*.csv"))]
     frames = [frame for frame in frames if len(frame)]
     return pd.concat(frames, ignore_index=True) if frames else None
 
@@ -62,10 +63,10 @@ def _events(path: Path) -> pd.DataFrame:
     return frame.assign(event_type=frame["event_type"].astype(object))
 
 
-def appended(data: InteractionData, folder: Path) -> InteractionData:
-    """``data`` with the imported interactions after its own (users they introduce are new
-    users; their items were checked against the catalogue when they were imported)."""
-    extra = interactions(folder)
+def appended(data: InteractionData, folder: Path, events: Path | None = None) -> InteractionData:
+    """``data`` with the imported interactions and ``events`` after its own (users they
+    introduce are new users; their items were checked against the catalogue on arrival)."""
+    extra = interactions(folder, events)
     if extra is None or extra.empty:
         return data
     LOG.info("%d imported interactions appended (%s)", len(extra), folder)

@@ -39,7 +39,7 @@ def load_data(config: Config, production: bool = False) -> tuple[InteractionData
     """The data set (with the interactions the pipeline imported) and its (train, test) split
     (or the given held-out file as test). In a ``production`` build nothing of the data is held
     out: train is every interaction (test is empty, or the given held-out file)."""
-    data = imported.appended(sources.load(config.data), config.imported_dir)
+    data = imported.appended(sources.load(config.data), config.imported_dir, config.events_dir)
     LOG.info("data set:\n%s", data.summary())
     if production and not config.data.test_interactions_path:
         return data, data.interactions, data.interactions.iloc[:0]

@@ -68,7 +68,7 @@ def test_bad_events_are_rejected_one_by_one_and_the_rest_apply(serving_stack, cl
     assert code == 1 and "1 events applied, 3 rejected" in out
     assert "line 3: user_id must be an integer" in out and "line 4: timestamp 'yesterday'" in out
     assert "line 5: item_id 99 is not in the catalogue" in out
-    logged = imported.interactions(config.imported_dir)
+    logged = imported.interactions(config.imported_dir, config.events_dir)
     assert {(user, int(items[0])), (user, int(items[3])), (user, int(items[5]))} <= set(
         zip(logged["user_id"].tolist(), logged["item_id"].tolist()))
 

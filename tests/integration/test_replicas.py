@@ -152,6 +152,55 @@ def test_round_robin_over_two_replicas_answers_identically(redis_replica, cold_u
             both.close()
 
 
+def test_events_on_redis_reach_the_next_answer_while_clients_query(redis_replica, redis_server):
+    """The `events` model of the replica that reads Redis writes Redis: events pushed while a
+    client queries that replica fail no request, lose no event, and the next answer of the
+    user excludes the item."""
+    import threading
+
+    config, _, second = redis_replica
+    users = np.sort(pd.read_parquet(Artifacts.of(config).users)["user_id"].to_numpy())[-60:-40]
+    items = pd.read_parquet(Artifacts.of(config).items)["item_id"].to_numpy()
+    stop, errors = threading.Event(), []
+
+    def query() -> None:
+        client = RecommenderClient(second.http_url, "http")
+        rng = np.random.default_rng(4)
+        while not stop.is_set():
+            try:
+                client.recommend(rng.choice(users, size=3, replace=False))
+            except Exception as exc:  # counted: the bar is zero
+                errors.append(repr(exc))
+        client.close()
+
+    reader = threading.Thread(target=query)
+    reader.start()
+    writer = RecommenderClient(second.grpc_url, "grpc")
+    rng, sent = np.random.default_rng(2), {}
+    try:
+        for _ in range(30):
+            batch_users, batch_items = rng.choice(users, 4), rng.choice(items, 4)
+            assert writer.put_events(batch_users, batch_items)["accepted"].all()
+            for user, item in zip(batch_users.tolist(), batch_items.tolist()):
+                sent.setdefault(user, set()).add(item)
+    finally:
+        stop.set()
+        reader.join(60)
+    user = int(users[0])
+    offered = writer.recommend([user])["item_ids"][0].tolist()
+    assert writer.put_events([user], [offered[0]])["accepted"].all()
+    assert offered[0] not in writer.recommend([user])["item_ids"][0].tolist()
+    writer.close()
+    assert errors == []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("FEAST_REDIS_CONNECTION_STRING", redis_server)
+        store = dataclasses.replace(config, feature_store_yaml=REDIS_YAML).open_feature_store()
+        rows = store.get_online_features(features=["user_features:history"],
+                                         entity_rows=[{"user_id": u} for u in sent]).to_dict()
+    for user, history in zip(rows["user_id"], rows["history"]):
+        assert sent[user] <= set(history or []), f"user {user} lost events on Redis"
+
+
 def test_round_robin_skips_a_replica_that_is_down(redis_replica, cold_users):
     """Last in this module: it stops the second replica. Every request is still answered,
     by the first; with both endpoints down the caller gets an error naming each one."""

@@ -40,9 +40,9 @@ def test_partial_bytes_wait_and_a_new_log_means_everything(tmp_path, monkeypatch
 
 
 def test_the_next_build_reads_the_events_log(tmp_path):
-    events = tmp_path / imported.EVENTS_DIR
+    events = tmp_path / "events"
     events.mkdir()
     (events / "2026-12-07.csv").write_text("user_id,item_id,timestamp,event_type,event_value\n"
                                            "1,10,1764583200,click,\n2,11,1764583300,buy,4.5\n3,12,17645")
-    frame = imported.interactions(tmp_path)
+    frame = imported.interactions(tmp_path, events)
     assert frame["user_id"].tolist() == [1, 2] and frame["event_value"].isna().tolist() == [True, False]
