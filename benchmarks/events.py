@@ -14,6 +14,9 @@ clients query single users throughout.
   sending batches of 50 events as fast as it is answered: events/s, and the clients' p50/p99 in
   both phases side by side.
 
+It writes its events into the work directory's Feast repository (online store and events log,
+which later builds read): run it on a copy of both.
+
 ``--redis HOST:PORT``: the same on the Redis online store (a running ``redis-server``): the
 features are materialized into it first and every model reads and writes it
 (``feature_store.redis.yaml``).
@@ -81,7 +84,7 @@ def main(argv=None) -> None:
     other = dataclasses.replace(config, triton=dataclasses.replace(
         config.triton, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port()))
     with stack.local_milvus(config):
-        releases.rollout(config)
+        releases.rollout(config, releases.serving_release(config))
         first, second = TritonProcess(config), TritonProcess(other)
         with running(first, second):
             a, b = RecommenderClient(first.grpc_url, "grpc"), RecommenderClient(second.grpc_url, "grpc")

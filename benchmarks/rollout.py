@@ -9,7 +9,8 @@ send single-user gRPC requests throughout; after ``--phase-s`` seconds B is roll
 (its collection built and loaded, both models loaded and warmed while A serves, the swap), then
 the clients go on for ``--phase-s`` seconds more. Prints the rollout's duration and, per phase,
 requests, errors, p50 / p99 / max latency and which releases answered. Releases beyond
-``release.keep`` are pruned at the end.
+``release.keep`` are pruned at the end. It makes and serves releases of the work directory
+without the quality gate: run it on a copy of a work directory you serve from.
 """
 from __future__ import annotations
 

@@ -7,9 +7,7 @@ infinite value (NaN means no value), or an item the catalogue does not have (no 
 view) rejects that event with a message (output ``error``); the others are applied
 (``accepted``). Applied, in this order, under one lock for the Feast repository:
 
-1. appended to ``<feature repo>/data/events/<day>.csv``, which the next build reads with the
-   rest of the data (:mod:`training.imported`);
-2. written to the online store with Feast's ``write_to_online_store``: each user's
+1. written to the online store with Feast's ``write_to_online_store``: each user's
    ``history`` gets the new items in front (most recent first, deduplicated, at most
    ``training.max_history``), ``user_interactions`` and each item's ``item_interactions`` grow; a
    user Feast does not know yet gets a row (default features), so cold start turns personalized;
@@ -20,10 +18,8 @@ view) rejects that event with a message (output ``error``); the others are appli
 from __future__ import annotations
 
 import csv
-import fcntl
 import math
 import time
-from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -54,11 +50,21 @@ class EventsRunner:
         self.features = feast_features(config)
         self.max_history = config.training.max_history
         self.events_dir = config.events_dir
-        self.lock_path = config.feature_data_dir / "updates" / "events.lock"
 
     @classmethod
     def load(cls, ensemble_dir: str | Path) -> "EventsRunner":
         return cls(serving_config(str(ensemble_dir)))
+
+    def replay(self, users, items, stamps, now: float | None = None) -> None:
+        """Write logged events to the online store again (after a materialization replaced
+        the rows they had changed), without logging them again; the caller holds
+        :func:`operators.feature_updates.writing`."""
+        users, items = np.asarray(users, dtype=np.int64), np.asarray(items, dtype=np.int64)
+        item_rows = self._rows("item_features", "item_id", np.unique(items))
+        known = np.isin(items, [i for i, row in item_rows.items() if row is not None])
+        if known.any():
+            self._write_online(users[known], items[known], np.asarray(stamps, dtype=np.int64)[known], item_rows,
+                               int(time.time() if now is None else now))
 
     def answer(self, inputs: dict) -> dict[str, np.ndarray]:
         """The Triton model's entry: the contract's inputs (``None`` for absent optional ones)."""
@@ -86,23 +92,16 @@ class EventsRunner:
         ahead = (stamps > now + MAX_AHEAD_S) & (errors == "")
         errors[ahead] = [f"timestamp {t} is more than a day ahead of the server's clock" for t in stamps[ahead]]
         errors[np.isinf(values) & (errors == "")] = "event_value must be a finite number (NaN: none)"
-        with self._locked():
+        with feature_updates.writing(self.config.feature_data_dir):
             ok = errors == ""
             item_rows = self._rows("item_features", "item_id", np.unique(items[ok]))
             unknown = ok & ~np.isin(items, [i for i, row in item_rows.items() if row is not None])
             errors[unknown] = [f"item_id {i} is not in the catalogue" for i in items[unknown]]
             ok = errors == ""
-            if ok.any():
-                self._append_offline(users[ok], items[ok], stamps[ok], kinds[ok], values[ok])
+            if ok.any():  # online first: an event the caller sees fail is not in the next build
                 self._write_online(users[ok], items[ok], stamps[ok], item_rows, now)
+                self._append_offline(users[ok], items[ok], stamps[ok], kinds[ok], values[ok])
         return {"accepted": ok, "error": errors}
-
-    @contextmanager
-    def _locked(self):
-        self.lock_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.lock_path, "a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            yield
 
     def _rows(self, view: str, key: str, ids: np.ndarray) -> dict[int, dict | None]:
         """Each id's current online row (feature -> value), ``None`` where Feast has none."""
@@ -121,10 +120,14 @@ class EventsRunner:
         self.events_dir.mkdir(parents=True, exist_ok=True)
         day = datetime.now(timezone.utc).strftime("%Y-%m-%d")
         path = self.events_dir / f"{day}.csv"
-        fresh = not path.exists()
-        with open(path, "a", newline="") as handle:
+        with open(path, "a+", newline="") as handle:
+            size = handle.tell()
+            if size:  # a writer killed mid-line left no newline: end that line, not this one's
+                handle.seek(size - 1)
+                if handle.read(1) != "\n":
+                    handle.write("\n")
             writer = csv.writer(handle)
-            if fresh:
+            if not size:
                 writer.writerow(EVENT_COLUMNS)
             writer.writerows(zip(users.tolist(), items.tolist(), stamps.tolist(), kinds.tolist(),
                                  ["" if math.isnan(v) else v for v in values.tolist()]))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,17 @@ ALL = None  # what :meth:`UpdateLog.changed` returns when everything may have ch
 def log_path(feature_data_dir: Path, feature_view: str) -> Path:
     """The update log of ``feature_view`` in a Feast repository's data directory."""
     return Path(feature_data_dir) / "updates" / f"{feature_view}.ids"
+
+
+@contextmanager
+def writing(feature_data_dir: Path):
+    """Held by every writer of the online store's rows outside materialization (events,
+    catalogue upserts), so a read-modify-write of one never interleaves with another's."""
+    path = Path(feature_data_dir) / "updates" / "writers.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
 
 
 def append(path: Path, ids) -> None:

@@ -423,11 +423,15 @@ def _evaluate(config: Config, args) -> None:
         from recsys.jobs.evaluation import evaluate_sessions
 
         with stack.local_milvus(config):
-            report = evaluate_sessions(stack.build_evaluation_index(config), max_sessions=args.eval_users)
+            report = evaluate_sessions(stack.build_evaluation_index(config), max_sessions=args.eval_users or 2000)
         print(f"{report['data']} data, {report['sessions']} held-out sessions: their first n-1 clicks sent as "
               f"recent_items, the n-th click is the truth; the session's clicks excluded "
               f"({report['repeat_next_click_share']:.1%} of next clicks repeat one)")
         print(report["table"])
+        known = {s: n for s, n in report["cascade_sources"].items() if s != "session"}
+        if known:
+            print(f"warning: held-out sessions answered as {known}: Feast knew them (rows left by an earlier "
+                  f"build in {config.feature_repo}); evaluate with a new --workdir and --feature-repo")
         print(f"written to {config.workdir / 'evaluation' / 'sessions.json'}")
         return
     with stack.local_milvus(config):

@@ -113,7 +113,7 @@ class RecommenderClient:
         if event_values is not None:
             tensors.append(self._tensor("event_value", np.asarray(event_values, dtype=np.float32).reshape(-1),
                                         "FP32"))
-        answer = self._send(model_name, tensors, EVENTS.output_names)
+        answer = self._send(model_name, tensors, EVENTS.output_names, idempotent=False)
         answer["error"] = np.array([e.decode() if isinstance(e, bytes) else str(e) for e in answer["error"]],
                                    dtype=object)
         return answer
@@ -133,19 +133,20 @@ class RecommenderClient:
             tensors.append(self._tensor(name, np.array([text.encode("utf-8")], dtype=np.object_), "BYTES"))
         return self._send(model, tensors, outputs)
 
-    def _send(self, model: str, tensors: list, outputs) -> dict:
-        """The request to the first endpoint that answers (see :class:`RecommenderClient`)."""
+    def _send(self, model: str, tensors: list, outputs, idempotent: bool = True) -> dict:
+        """The request to the first endpoint that answers (see :class:`RecommenderClient`); a
+        request that is not ``idempotent`` goes to the next endpoint only if no endpoint got it."""
         requested = [self._module.InferRequestedOutput(name) for name in outputs]
         deadline = time.monotonic() + self.wait_s
         while True:
-            answer, unreachable, never_sent = self._try_endpoints(model, tensors, requested, outputs)
+            answer, unreachable, never_sent = self._try_endpoints(model, tensors, requested, outputs, idempotent)
             if answer is not None:
                 return answer
             if not never_sent or time.monotonic() >= deadline:
                 raise TritonUnreachable(f"no Triton endpoint answered ({self.protocol}): " + "; ".join(unreachable))
             time.sleep(0.2)  # every endpoint refused the connection: it may be restarting
 
-    def _try_endpoints(self, model, tensors, requested, outputs):
+    def _try_endpoints(self, model, tensors, requested, outputs, idempotent: bool = True):
         """One round over the endpoints: ``(answer, [], _)`` from the first that answers, else
         ``(None, what each said, whether no endpoint got the request at all)``."""
         from tritonclient.utils import InferenceServerException
@@ -167,6 +168,8 @@ class RecommenderClient:
                     self._clients[index] = self._connect(self._module, self.endpoints[index])
                 unreachable.append(f"{self.endpoints[index]}: {_describe(exc)}")
                 never_sent = never_sent and _never_sent(exc)
+                if not (idempotent or never_sent):  # it may have been applied: never twice
+                    break
                 continue
             self.answered[index] += 1
             return {name: result.as_numpy(name) for name in outputs}, [], False

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -34,10 +35,13 @@ class Parsed:
     errors: list[tuple[int, str]] = field(default_factory=list)
 
 
+INT64 = (-(2**63), 2**63 - 1)
+
+
 def _integer(value, name: str) -> int:
     text = str(value).strip()
-    if not text.lstrip("+-").isdigit():
-        raise ValueError(f"{name} must be an integer, got {value!r}")
+    if not text.lstrip("+-").isdigit() or not INT64[0] <= int(text) <= INT64[1]:
+        raise ValueError(f"{name} must be a 64-bit integer, got {value!r}")
     return int(text)
 
 
@@ -46,9 +50,13 @@ def _timestamp(value) -> int:
         return 0
     text = str(value).strip()
     try:
-        return int(float(text))
+        number = float(text)
     except ValueError:
-        pass
+        number = None
+    if number is not None:
+        if not (math.isfinite(number) and 0 <= number < 2**62):
+            raise ValueError(f"timestamp {value!r} is not epoch seconds")
+        return int(number)
     try:
         stamp = pd.Timestamp(text)
     except (ValueError, TypeError):

@@ -85,6 +85,9 @@ class InteractionData:
     user_features: FeatureSpec
     item_features: FeatureSpec
     notes: list[str] = field(default_factory=list)
+    # How far into each day's events file the data was read (bytes), for the online replay
+    # of what arrives later (training.imported, recsys.jobs.stack.load_features).
+    events_read: dict[str, int] = field(default_factory=dict)
 
     def summary(self) -> str:
         """Sizes, then every feature column with its kind, how it was decided and its distinct count."""

@@ -127,6 +127,7 @@ def run(config: Config, top_popular: int = 1000, production: bool = False) -> Ar
         "production": production, "embedding_dim": int(vectors.shape[1]),
         "tuning": dataclasses.asdict(choice), "timings": timings,
         "validation": choice.validation,  # the release gate's figures (selection run)
+        "events_read": data.events_read,  # bytes of each events file the build read
     }
     out.report.write_text(json.dumps(report, indent=2))
     LOG.info("training done: %s", report)

@@ -30,6 +30,7 @@ import pandas as pd
 
 from core.artifacts import Artifacts
 from core.config import Config
+from operators import feature_updates
 from training.feast_source import feast_frame
 from training.features import Features
 from vector_index.client import ID_FIELD, MilvusUnavailable, rpc_timeout
@@ -190,7 +191,10 @@ def write_features(config: Config, artifacts: Artifacts, items: pd.DataFrame) ->
     spec = json.loads(artifacts.features.read_text())["item"]
     frame = feast_frame(items, Features(**spec))
     frame["event_timestamp"] = pd.Timestamp.now(tz="UTC").floor("s")
-    config.open_feature_store().write_to_online_store(ITEM_VIEW, frame)
+    with feature_updates.writing(config.feature_data_dir):
+        config.open_feature_store().write_to_online_store(ITEM_VIEW, frame)
+        feature_updates.append(feature_updates.log_path(config.feature_data_dir, ITEM_VIEW),
+                               frame["item_id"].to_numpy())
 
 
 def complete_items(artifacts: Artifacts, items: pd.DataFrame) -> pd.DataFrame:

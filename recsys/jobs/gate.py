@@ -68,7 +68,7 @@ def check(config: Config, release: int) -> Verdict:
         return Verdict(False, candidate, serving,
                        [f"refused: release {release}'s {', '.join(worse)} fall more than {margin:.0%} below "
                         f"serving release {serving_id}'s (release.max_regression); release {release} stays "
-                        f"built, not served (--force overrides)"], margin)
+                        f"built, not served (`recsys release rollout {release} --force` serves it anyway)"], margin)
     return Verdict(True, candidate, serving,
                    [f"passed: no figure of release {release} is more than {margin:.0%} below serving "
                     f"release {serving_id}'s"], margin)

@@ -1,7 +1,8 @@
 """New interaction files: found in the inbox, validated, imported for the next build.
 
 A file dropped into the inbox (CSV, TSV or parquet, the interactions schema of the README) is
-*pending* until imported. :func:`validate` reads every pending file with the input checks of
+*pending* until imported (a file still being written must not be picked up: write it under a
+name starting with ``.`` and rename it when complete). :func:`validate` reads every pending file with the input checks of
 :mod:`training.dataset`, and also refuses items the catalogue does not have (when the data has
 an items file); users never seen before are new users. A bad file raises a
 :class:`~training.dataset.DataError` naming file, row and column, before anything is imported.
@@ -40,7 +41,8 @@ def pending(config: Config) -> list[Path]:
     inbox = config.inbox_dir
     if not inbox.is_dir():
         return []
-    return sorted(p for p in inbox.iterdir() if p.is_file() and p.suffix.lower() in SUFFIXES)
+    return sorted(p for p in inbox.iterdir()
+                  if p.is_file() and p.suffix.lower() in SUFFIXES and not p.name.startswith("."))
 
 
 def _digest(path: Path) -> str:
@@ -94,6 +96,6 @@ def import_files(config: Config, files: list[NewFile], repeated: list[Path] = ()
     archive = config.inbox_dir / "imported"
     archive.mkdir(parents=True, exist_ok=True)
     for path in [new.path for new in files] + list(repeated):
-        if path.exists():
-            shutil.move(str(path), archive / path.name)
+        if path.exists():  # a daily file of the same name never replaces an earlier one
+            shutil.move(str(path), archive / f"{stamp}-{_digest(path)[:8]}-{path.name}")
     return int(sum(len(new.interactions) for new in files))

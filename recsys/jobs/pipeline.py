@@ -10,9 +10,11 @@ old batch runs go when the new one completes).
 
 Each step is recorded in ``<workdir>/pipeline/current.json`` when it finishes; a run that
 failed or was killed is resumed by running the command again (from the first unfinished step,
-on the same files). Until the rollout step, nothing that serves changes: the serving release,
-its collection, Feast's online store and the current batch run are the ones before the run. One
-run at a time (a lock file).
+on the same files). Before the features step (so also when the gate refuses), the serving
+release, its collection, Feast's online store and the current batch run are the ones before
+the run; training has rewritten Feast's offline source in the repository by then (what the
+next ``recsys features`` would load). From the features step on, the serving release reads the
+new build's feature rows until the rollout. One run at a time (a lock file).
 """
 from __future__ import annotations
 
@@ -121,6 +123,8 @@ def run_pipeline(config: Config, force: bool = False, retrain: bool = False, say
         outcome = Outcome(run["id"], "done", [p.name for p in files], resumed=resumed)
         force = force or run.get("force", False)
         for name in STEPS:
+            if run.get("status") == "refused":  # also a refused run cut off before it was filed
+                break
             if name in run["steps"]:
                 continue
             say(f"== {name}")
@@ -130,13 +134,14 @@ def run_pipeline(config: Config, force: bool = False, retrain: bool = False, say
             except Exception as exc:
                 run["status"] = f"failed at {name}"
                 _save(config, run)
-                raise PipelineError(f"step {name} failed: {exc}. Serving is unchanged"
-                                    + ("" if STEPS.index(name) < STEPS.index("rollout") else " up to this step")
-                                    + "; run `recsys pipeline` again to resume from this step") from exc
+                served = ("the serving release and the online store are as before the run"
+                          if STEPS.index(name) < STEPS.index("features") else
+                          f"the serving release is {releases.serving_release(config)}; the online store may "
+                          f"hold the new build's rows")
+                raise PipelineError(f"step {name} failed: {exc}. {served}; run `recsys pipeline` again to "
+                                    f"resume from this step") from exc
             run["steps"][name] = {"seconds": round(time.perf_counter() - started, 2), "detail": detail}
             _save(config, run)
-            if run.get("status") == "refused":
-                break
         outcome.steps = run["steps"]
         outcome.release = run["release"]
         outcome.interactions = run.get("interactions", 0)

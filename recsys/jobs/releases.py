@@ -242,13 +242,13 @@ def rollout(config: Config, release: int | None = None, triton_grpc: str | None 
     _write_model_configs(config, release)
     try:
         if triton_grpc:
-            for name in reversed(list(model_names(config))):  # similar_items, then recommender
+            for name in reversed(_models_of(config, release)):  # events, similar_items, then recommender
                 _load(config, triton_grpc, name)
     except BaseException:
         if before is not None:  # what runs now, and what a restart would load
             _write_model_configs(config, before)
             if triton_grpc:
-                for name in model_names(config):
+                for name in _models_of(config, before):
                     _load(config, triton_grpc, name)
         raise
     journal = Journal(config)
@@ -298,10 +298,18 @@ def prune(config: Config, keep: int = KEEP) -> list[int]:
     return doomed
 
 
+def _models_of(config: Config, release: int) -> list[str]:
+    """The models release ``release`` has a version of (one made before a model existed, e.g.
+    ``events``, leaves that model on the version it serves)."""
+    return [name for name in model_names(config) if (config.model_repository / name / str(release)).is_dir()]
+
+
 def _write_model_configs(config: Config, release: int) -> None:
-    """Every model's ``config.pbtxt`` naming version ``release``, each replaced atomically (a
-    Triton polling the repository never reads half a file)."""
+    """The ``config.pbtxt`` of every model of release ``release`` naming that version, each
+    replaced atomically (a Triton polling the repository never reads half a file)."""
     for name, contract in model_names(config).items():
+        if name not in _models_of(config, release):
+            continue
         path = config.model_repository / name / "config.pbtxt"
         scratch = path.with_suffix(".tmp")
         scratch.write_text(model_config(contract, name, config.serving.top_k, version=release))

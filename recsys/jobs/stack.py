@@ -2,6 +2,7 @@
 train -> features (Feast) -> index (Milvus) -> export (Triton model repository) -> serve."""
 from __future__ import annotations
 
+import json
 import logging
 from contextlib import contextmanager
 from dataclasses import replace
@@ -27,13 +28,43 @@ def train(config: Config, production: bool = False) -> Artifacts:
 
 def load_features(config: Config) -> None:
     """``feast apply`` + ``feast materialize-incremental`` in the configured repo, then the
-    features of items upserted through the catalogue written again (the items file the build
-    read may hold older ones, or none)."""
-    featurestore.apply_and_materialize(config)
+    events that arrived after the build read the events log written again (materialization
+    replaced the rows they had changed), all while the online store's other writers wait; then
+    the features of items upserted through the catalogue written again (the items file the
+    build read may hold older ones, or none)."""
+    from operators import feature_updates
+
     artifacts = Artifacts.of(config)
+    with feature_updates.writing(config.feature_data_dir):
+        featurestore.apply_and_materialize(config)
+        replay_events(config, artifacts)
     upserted = catalog_journal.Journal(config).edits(artifacts).upserts
     if len(upserted):
         catalog_journal.write_features(config, artifacts, upserted)
+
+
+def replay_events(config: Config, artifacts: Artifacts) -> int:
+    """Events logged after the build of ``artifacts`` read the log, written to the online store
+    again; returns how many."""
+    import pandas as pd
+
+    from training import imported
+
+    if not artifacts.report.is_file() or not config.events_dir.is_dir():
+        return 0
+    read = json.loads(artifacts.report.read_text()).get("events_read")
+    if read is None:  # a build from before the events log
+        return 0
+    later = [imported.events_after(path, read.get(path.name, 0)) for path in sorted(config.events_dir.glob("*.csv"))]
+    later = [frame for frame in later if len(frame)]
+    if not later:
+        return 0
+    from ensemble.events import EventsRunner  # Merlin and the graph modules: only when there is work
+
+    events = pd.concat(later, ignore_index=True)
+    EventsRunner(config).replay(events["user_id"], events["item_id"], events["timestamp"])
+    LOG.info("%d events that arrived during the build written again after materialization", len(events))
+    return len(events)
 
 
 def build_index(config: Config) -> int:

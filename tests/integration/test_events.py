@@ -66,7 +66,7 @@ def test_bad_events_are_rejected_one_by_one_and_the_rest_apply(serving_stack, cl
     code = cli.main(["--workdir", str(config.workdir), "events", "push", str(events), "--url", triton.http_url])
     out = capsys.readouterr().out
     assert code == 1 and "1 events applied, 3 rejected" in out
-    assert "line 3: user_id must be an integer" in out and "line 4: timestamp 'yesterday'" in out
+    assert "line 3: user_id must be a 64-bit integer" in out and "line 4: timestamp 'yesterday'" in out
     assert "line 5: item_id 99 is not in the catalogue" in out
     logged = imported.interactions(config.imported_dir, config.events_dir)
     assert {(user, int(items[0])), (user, int(items[3])), (user, int(items[5]))} <= set(

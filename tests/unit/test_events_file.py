@@ -18,7 +18,7 @@ def test_csv_lines_are_read_one_by_one():
     assert parsed.timestamps == [1764583200, 1764583200, 0]
     assert math.isnan(parsed.event_values[0]) and parsed.event_values[1] == 4.5
     assert [line for line, _ in parsed.errors] == [4, 5, 6]
-    assert "user_id must be an integer" in parsed.errors[0][1] and "'soon'" in parsed.errors[1][1]
+    assert "user_id must be a 64-bit integer" in parsed.errors[0][1] and "'soon'" in parsed.errors[1][1]
     assert "event_value must be a number" in parsed.errors[2][1]
 
 
@@ -35,3 +35,8 @@ def test_the_events_config_lists_its_inputs():
     assert '{ name: "item_id" data_type: TYPE_INT64 dims: [ -1 ] }' in text
     assert '{ name: "event_value" data_type: TYPE_FP32 dims: [ -1 ] optional: true }' in text
     assert '{ name: "error" data_type: TYPE_STRING dims: [ -1 ] }' in text and "filter" not in text
+
+
+def test_out_of_range_values_are_that_line_s_error():
+    parsed = parse("user_id,item_id,timestamp\n99999999999999999999,1,0\n1,2,inf\n1,3,1e30\n4,5,\n")
+    assert parsed.user_ids == [4] and [line for line, _ in parsed.errors] == [2, 3, 4]

@@ -46,3 +46,31 @@ def test_the_next_build_reads_the_events_log(tmp_path):
                                            "1,10,1764583200,click,\n2,11,1764583300,buy,4.5\n3,12,17645")
     frame = imported.interactions(tmp_path, events)
     assert frame["user_id"].tolist() == [1, 2] and frame["event_value"].isna().tolist() == [True, False]
+
+
+def test_a_build_records_how_far_it_read_and_the_rest_is_read_from_there(tmp_path):
+    events = tmp_path / "events"
+    events.mkdir()
+    day = events / "2026-12-07.csv"
+    day.write_text("user_id,item_id,timestamp,event_type,event_value\n1,10,1764583200,click,\n")
+    read: dict = {}
+    assert imported.interactions(tmp_path, events, read)["item_id"].tolist() == [10]
+    with open(day, "a") as handle:
+        handle.write("2,11,1764583300,buy,\n3,12,17645")  # one more event, one still being written
+    later = imported.events_after(day, read[day.name])
+    assert later["item_id"].tolist() == [11]
+
+
+def test_events_on_items_the_build_does_not_know_are_left_out(tmp_path):
+    import pandas as pd
+
+    from training.dataset import from_frames
+
+    events = tmp_path / "events"
+    events.mkdir()
+    (events / "d.csv").write_text("user_id,item_id,timestamp,event_type,event_value\n1,10,5,,\n1,999,6,,\n")
+    data = from_frames(pd.DataFrame({"user_id": [1], "item_id": [10], "timestamp": [1]}),
+                       items=pd.DataFrame({"item_id": [10, 11]}))
+    out = imported.appended(data, tmp_path, events)
+    assert out.interactions["item_id"].tolist() == [10, 10] and "left out" in out.notes[-1]
+    assert out.events_read == {"d.csv": len((events / "d.csv").read_bytes())}

@@ -46,7 +46,7 @@ def test_new_files_are_imported_once_and_the_next_build_reads_them(config):
     new, repeated = inbox.validate(config, inbox.pending(config))
     assert [f.path.name for f in new] == ["day1.csv"] and repeated == []
     assert inbox.import_files(config, new, repeated) == 2
-    assert inbox.pending(config) == [] and (config.inbox_dir / "imported" / "day1.csv").exists()
+    assert inbox.pending(config) == [] and len(list((config.inbox_dir / "imported").glob("*-day1.csv"))) == 1
     [entry] = imported.ledger(config.imported_dir)
     assert entry["file"] == "day1.csv" and entry["rows"] == 2
     base = sources.load(config.data)
@@ -88,7 +88,7 @@ def test_a_failed_step_is_resumed_from_where_it_stopped(config, monkeypatch):
     _drop_file(config)
     calls: list[str] = []
     _steps(monkeypatch, calls, fail_at="train")
-    with pytest.raises(pipeline.PipelineError, match="step train failed: train broke. Serving is unchanged"):
+    with pytest.raises(pipeline.PipelineError, match="step train failed: train broke. the serving release and the online store are as before"):
         pipeline.run_pipeline(config, say=lambda _: None)
     state = json.loads((pipeline.folder(config) / "current.json").read_text())
     assert list(state["steps"]) == ["import"] and state["status"] == "failed at train"
