@@ -67,8 +67,10 @@ def _candidates(ensemble_dir, user: int) -> tuple[np.ndarray, np.ndarray]:
         node.op.load_artifacts(str(ensemble_dir))
     executor = ServingExecutor()
     executor._outputs = {}  # keep every node's output of this one request
-    LocalExecutor.transform(executor, TensorTable({"user_id": np.array([user], dtype=np.int64)}),
-                            [graph.graph.output_node])
+    request = {"user_id": np.array([user], dtype=np.int64)}
+    if "recent_items" in graph.input_schema.column_names:  # ours: no session clicks (what the runner sends)
+        request["recent_items"] = np.full((1, 1), -1, dtype=np.int64)
+    LocalExecutor.transform(executor, TensorTable(request), [graph.graph.output_node])
     retrieval = next(node for node in nodes if isinstance(node.op, QueryMilvus))
     table = executor._outputs[id(retrieval)]
     return np.asarray(table["candidate_ids"].values), np.asarray(table["candidate_scores"].values)
