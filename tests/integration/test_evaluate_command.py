@@ -29,8 +29,8 @@ def test_sessions_are_evaluated_from_their_clicks_on_a_click_log(config_factory,
     and the last click's nearest items; the cascade ranks the next click higher than
     most-popular (MRR@20; 0.136 against 0.071 on 300 sessions when this was written)."""
     config = config_factory(tmp_path, milvus={"collection": "session_items"},
-                            data={"source": "synthetic", "num_sessions": 2000, "num_items": 300,
-                                  "split": "sessions", "test_fraction": 0.2})
+                            data={"source": "synthetic", "num_sessions": 1500, "num_items": 300,
+                                  "split": "sessions", "test_fraction": 0.25})
     monkeypatch.setattr(cli, "_config", lambda args: config)
     assert cli.main(["evaluate", "--eval-users", "250", "--no-progress"]) == 0
     shown = capsys.readouterr().out
