@@ -35,6 +35,7 @@ from training.features import HISTORY, ITEM_COUNT, USER_COUNT
 from training.imported import EVENT_COLUMNS
 
 MAX_AHEAD_S = 86_400
+WRITTEN = "__written"  # a row's last write (epoch seconds), read with it, never written
 DEFAULTS = {"string": "", "float32": 0.0, "int64": 0}
 
 
@@ -104,16 +105,19 @@ class EventsRunner:
         return {"accepted": ok, "error": errors}
 
     def _rows(self, view: str, key: str, ids: np.ndarray) -> dict[int, dict | None]:
-        """Each id's current online row (feature -> value), ``None`` where Feast has none."""
+        """Each id's current online row (feature -> value, and under ``WRITTEN`` the second it
+        was written), ``None`` where Feast has none."""
         if len(ids) == 0:
             return {}
         names = list(self.features[view])
         found = self.store.get_online_features(features=[f"{view}:{name}" for name in names],
-                                               entity_rows=[{key: int(i)} for i in ids]).to_dict()
+                                               entity_rows=[{key: int(i)} for i in ids]).to_dict(
+            include_event_timestamps=True)
         rows = {}
         for position, entity in enumerate(ids.tolist()):
             values = {name: found[name][position] for name in names}
-            rows[entity] = None if all(v is None for v in values.values()) else values
+            written = max([found[f"{name}__ts"][position] or 0 for name in names] + [0])
+            rows[entity] = None if all(v is None for v in values.values()) else {**values, WRITTEN: written}
         return rows
 
     def _append_offline(self, users, items, stamps, kinds, values) -> None:
@@ -134,7 +138,6 @@ class EventsRunner:
             handle.flush()
 
     def _write_online(self, users, items, stamps, item_rows: dict, now: int) -> None:
-        stamp = pd.Timestamp(now, unit="s", tz="UTC")
         order = np.lexsort((-np.arange(len(stamps)), -stamps))  # most recent first; a tie: the later one
         user_rows = self._rows("user_features", "user_id", np.unique(users))
         new_items: dict[int, list[int]] = {}
@@ -149,13 +152,13 @@ class EventsRunner:
             if USER_COUNT in row:
                 row[USER_COUNT] = float(row[USER_COUNT] or 0.0) + len(clicked)
             rows.append({"user_id": user, **row})
-        self.store.write_to_online_store("user_features", self._frame("user_features", rows, stamp))
+        self.store.write_to_online_store("user_features", self._frame("user_features", rows, now))
         counts = pd.Series(items).value_counts()
         if ITEM_COUNT in self.features["item_features"]:
             item_updates = [{"item_id": item, **item_rows[item],
                              ITEM_COUNT: float(item_rows[item][ITEM_COUNT] or 0.0) + int(count)}
                             for item, count in counts.items()]
-            self.store.write_to_online_store("item_features", self._frame("item_features", item_updates, stamp))
+            self.store.write_to_online_store("item_features", self._frame("item_features", item_updates, now))
             feature_updates.append(feature_updates.log_path(self.config.feature_data_dir, "item_features"),
                                    counts.index.to_numpy())
         feature_updates.append(feature_updates.log_path(self.config.feature_data_dir, "user_features"),
@@ -164,7 +167,11 @@ class EventsRunner:
     def _defaults(self, view: str) -> dict:
         return {name: ([] if kind.endswith("_list") else DEFAULTS[kind]) for name, kind in self.features[view].items()}
 
-    def _frame(self, view: str, rows: list[dict], stamp) -> pd.DataFrame:
+    def _frame(self, view: str, rows: list[dict], now: int) -> pd.DataFrame:
+        """The rows to write, each stamped later than the row it replaces: Feast's Redis store
+        keeps a row whose timestamp is not older (seconds), so two writes of one user within a
+        second would lose the second one."""
+        stamps = [pd.Timestamp(max(now, int(row.pop(WRITTEN, 0) or 0) + 1), unit="s", tz="UTC") for row in rows]
         frame = pd.DataFrame(rows)
         for name, kind in self.features[view].items():
             if kind.endswith("_list"):
@@ -172,7 +179,7 @@ class EventsRunner:
             else:
                 frame[name] = frame[name].fillna(DEFAULTS[kind]).astype(
                     {"string": object, "float32": np.float32, "int64": np.int64}[kind])
-        frame["event_timestamp"] = stamp
+        frame["event_timestamp"] = stamps
         return frame
 
 
