@@ -2,8 +2,8 @@
 
     python -m benchmarks.events --workdir artifacts [--events 200] [--seconds 15] [--redis HOST:PORT]
 
-On a built work directory (``make demo`` leaves one): its artifacts served by a local Milvus
-and two Triton replicas on free ports (same model repository and Feast store). Two gRPC
+On a built work directory (``make demo`` leaves one): its artifacts exported as a new release
+and served by a local Milvus and two Triton replicas on free ports (same model repository and Feast store). Two gRPC
 clients query single users throughout.
 
 * **Freshness**: ``--events`` times, a known user's current first item is sent as an event
@@ -78,13 +78,12 @@ def main(argv=None) -> None:
         os.environ["RECSYS_FEATURE_STORE_YAML"] = REDIS_YAML  # the models read it at load
         config = dataclasses.replace(config, feature_store_yaml=REDIS_YAML)
         featurestore.apply_and_materialize(config)
-    if releases.serving_release(config) is None:
-        stack.export(config)
-    users = pd.read_parquet(releases.serving_artifacts(config).users)["user_id"].to_numpy()
+    release = stack.export(config)  # a release of the artifacts, with the events model
+    users = pd.read_parquet(releases.release_artifacts(config, release).users)["user_id"].to_numpy()
     other = dataclasses.replace(config, triton=dataclasses.replace(
         config.triton, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port()))
     with stack.local_milvus(config):
-        releases.rollout(config, releases.serving_release(config))
+        releases.rollout(config, release)
         first, second = TritonProcess(config), TritonProcess(other)
         with running(first, second):
             a, b = RecommenderClient(first.grpc_url, "grpc"), RecommenderClient(second.grpc_url, "grpc")
