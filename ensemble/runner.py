@@ -15,7 +15,8 @@ from merlin.dag.runtime import Runtime
 from merlin.systems.dag import Ensemble
 from merlin.table import TensorTable
 
-from core.contract import RECENT_ITEMS, RECOMMENDER, RELEASE, SIMILAR_ITEMS, BadRequest, ModelContract
+from core.contract import (FILTER_INPUTS, RECENT_ITEMS, RECOMMENDER, RELEASE, SIMILAR_ITEMS, BadRequest,
+                           ModelContract)
 from ensemble.events import EventsRunner
 from ensemble.executor import ServingExecutor
 from operators.feast_lookup import QueryFeatures
@@ -73,9 +74,12 @@ class GraphRunner:
         return self.filters.compile(expression, values)
 
     def answer(self, inputs: dict) -> dict[str, np.ndarray]:
-        """A request's answer from its inputs by name (the Triton model's entry)."""
+        """A request's answer from its inputs by name (the Triton model's entry): the filter
+        inputs compiled, the contract's other inputs passed on as request columns."""
         item_filter = self.compile_filter(inputs.get("filter"), inputs.get("filter_values"))
-        return self.run(inputs[self.contract.id_input], item_filter)
+        columns = {spec.name: inputs.get(spec.name) for spec in self.contract.inputs[1:]
+                   if spec.name not in FILTER_INPUTS}
+        return self.run(inputs[self.contract.id_input], item_filter, **columns)
 
     def run(self, ids, item_filter=None, **columns) -> dict[str, np.ndarray]:
         """The contract's outputs for each id, within ``item_filter`` (a compiled filter,
@@ -117,15 +121,12 @@ class Recommender(GraphRunner):
         ``recent_items``: each user's clicks of this session (``[users, clicks]``, -1 padded)."""
         return self.run(user_ids, item_filter, recent_items=recent_items)
 
-    def answer(self, inputs: dict) -> dict[str, np.ndarray]:
-        item_filter = self.compile_filter(inputs.get("filter"), inputs.get("filter_values"))
-        return self.run(inputs[self.contract.id_input], item_filter, recent_items=inputs.get(RECENT_ITEMS))
-
     def request_columns(self, rows: int, recent_items=None) -> dict[str, np.ndarray]:
         """``recent_items`` checked: ``[rows, clicks]`` integer ids (-1 pads), at most
         ``MAX_RECENT`` per row; none given is a row of padding."""
+        none = {RECENT_ITEMS: np.full((rows, 1), -1, dtype=np.int64)}
         if recent_items is None:
-            return {RECENT_ITEMS: np.full((rows, 1), -1, dtype=np.int64)}
+            return none
         recent = np.asarray(recent_items)
         if recent.ndim == 1 and rows == 1:
             recent = recent.reshape(1, -1)
@@ -138,9 +139,7 @@ class Recommender(GraphRunner):
             raise BadRequest(f"{RECENT_ITEMS} has {recent.shape[1]} clicks per user; at most {MAX_RECENT}")
         if (recent < -1).any():
             raise BadRequest(f"{RECENT_ITEMS} holds item ids >= 0, padded with -1")
-        if recent.shape[1] == 0:
-            return {RECENT_ITEMS: np.full((rows, 1), -1, dtype=np.int64)}
-        return {RECENT_ITEMS: recent.astype(np.int64)}
+        return none if recent.shape[1] == 0 else {RECENT_ITEMS: recent.astype(np.int64)}
 
     @property
     def feature_store_failures(self) -> dict[str, int]:
